@@ -1,0 +1,177 @@
+//! `tetherd`: the resident daemon. Parses arguments, loads and validates
+//! the configuration, sets up logging, and hands over to `daemon::Daemon`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use tether::config::Trust;
+use tether::daemon::{ConfigSource, Daemon, Options};
+
+/// Exit codes, documented in `--help` and tetherd(8).
+#[derive(Debug, Clone, Copy)]
+enum Exit {
+    /// Clean stop, or a valid configuration with `--check-config`.
+    Ok = 0,
+    /// A runtime failure: the event loop or the kernel let us down.
+    Runtime = 1,
+    /// Bad usage or an invalid configuration.
+    Config = 2,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+const AFTER_HELP: &str = "\
+Signals:
+  SIGHUP           reload the configuration; an invalid file is logged and ignored
+  SIGTERM, SIGINT  stop; bound children are left alone
+
+Exit status:
+  0  stopped cleanly (or, with --check-config, the configuration is valid)
+  1  runtime failure (no pidfd support, event loop error)
+  2  usage error or invalid configuration
+
+Files:
+  /etc/tether/tether.toml            configuration (as root)
+  $XDG_CONFIG_HOME/tether/tether.toml  configuration (other users; ~/.config by default)
+  /var/lib/tether/state.json         pins remembered across restarts (as root)
+
+See tetherd(8) and tether.toml(5).";
+
+/// Watch parent processes and signal their bound children when they exit.
+#[derive(Debug, Parser)]
+#[command(name = "tetherd", version, about, after_help = AFTER_HELP)]
+struct Args {
+    /// Configuration file [default: /etc/tether/tether.toml as root,
+    /// $XDG_CONFIG_HOME/tether/tether.toml otherwise; a missing default
+    /// file means no static bindings]
+    #[arg(short, long, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// State file for pins remembered across restarts [default: [daemon]
+    /// state, else /var/lib/tether/state.json as root,
+    /// $XDG_STATE_HOME/tether/state.json otherwise]
+    #[arg(long, value_name = "PATH")]
+    state: Option<PathBuf>,
+
+    /// Validate the configuration, print any errors, and exit (0 valid,
+    /// 2 invalid) without starting
+    #[arg(short = 't', long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let root = nix::unistd::geteuid().is_root();
+    let source = match &args.config {
+        Some(path) => ConfigSource {
+            path: path.clone(),
+            required: true,
+            trust: trust(root),
+        },
+        None => ConfigSource {
+            path: default_config_path(root),
+            required: false,
+            trust: trust(root),
+        },
+    };
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("tetherd: {} error(s) in {}", errors.0.len(), source.path.display());
+            return Exit::Config.into();
+        }
+    };
+    if args.check_config {
+        println!(
+            "{}: configuration OK ({} bindings)",
+            source.path.display(),
+            config.bindings.len()
+        );
+        return Exit::Ok.into();
+    }
+    let log_from_env = init_logging(config.daemon.log);
+    let options = Options {
+        config: source,
+        state_path: args.state,
+        log_from_env,
+    };
+    let mut daemon = match Daemon::new(options, config) {
+        Ok(daemon) => daemon,
+        Err(err) => {
+            log::error!("cannot start: {err}");
+            return Exit::Runtime.into();
+        }
+    };
+    match daemon.run() {
+        Ok(_) => Exit::Ok.into(),
+        Err(err) => {
+            log::error!("event loop failed: {err}");
+            Exit::Runtime.into()
+        }
+    }
+}
+
+fn trust(root: bool) -> Trust {
+    if root {
+        Trust::RequireRootOwned
+    } else {
+        Trust::Any
+    }
+}
+
+fn default_config_path(root: bool) -> PathBuf {
+    if root {
+        return PathBuf::from("/etc/tether/tether.toml");
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("/etc"));
+    base.join("tether/tether.toml")
+}
+
+/// Logs go to stderr, one line each. Under systemd (JOURNAL_STREAM set)
+/// each line gets a `<N>` syslog priority prefix so the journal keeps the
+/// level. `RUST_LOG` overrides the configured level; returns whether it did.
+fn init_logging(level: log::LevelFilter) -> bool {
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let mut builder = env_logger::Builder::new();
+    if from_env {
+        builder.parse_env("RUST_LOG");
+    } else {
+        // The logger passes everything; `log::set_max_level` is the one
+        // filter, so a reload can change the level.
+        builder.filter_level(log::LevelFilter::Trace);
+    }
+    builder.format(move |buf, record| {
+        if journal {
+            let prio = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{prio}>{}", record.args())
+        } else {
+            writeln!(buf, "tetherd: {}: {}", record.level().as_str().to_lowercase(), record.args())
+        }
+    });
+    builder.target(env_logger::Target::Stderr);
+    if builder.try_init().is_err() {
+        return from_env;
+    }
+    if !from_env {
+        log::set_max_level(level);
+    }
+    from_env
+}

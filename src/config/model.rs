@@ -1,0 +1,200 @@
+//! The validated configuration: what the rest of the daemon is allowed to see.
+//!
+//! Every value here has passed validation. Nothing in this module reads
+//! files or makes system calls; the types exist so that invariants (a pid is
+//! greater than 1, a signal is a real signal, a binding has at least one
+//! child) are carried by the type system instead of rechecked at run time.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole, validated configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Settings of the `[daemon]` table.
+    pub daemon: DaemonSettings,
+    /// The `[[binding]]` entries, in file order, with `[defaults]` applied.
+    pub bindings: Vec<BindingSpec>,
+}
+
+/// The `[daemon]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// `log`: the log level (overridden by `RUST_LOG`).
+    pub log: log::LevelFilter,
+    /// `state`: where pins (and later runtime bindings) are persisted.
+    /// `None` means the built-in default for the user running the daemon.
+    pub state: Option<PathBuf>,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            log: log::LevelFilter::Info,
+            state: None,
+        }
+    }
+}
+
+/// One parent/children binding, with defaults already applied.
+///
+/// Two specs are equal when they would make the daemon do the same thing;
+/// reload uses that equality to decide which bindings are unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BindingSpec {
+    /// `name`: an optional label for logs.
+    pub name: Option<String>,
+    /// `parent` (with `parent_start` / `parent_inode`): the process watched.
+    pub parent: ProcSpec,
+    /// `child` or `children` (with their pins): the processes signalled.
+    /// Never empty, never contains the parent, never contains a pid twice.
+    pub children: Vec<ProcSpec>,
+    /// `signal`: sent to each child when the parent exits.
+    pub signal: Signal,
+    /// `grace`: time from `signal` to SIGKILL.
+    pub grace: Grace,
+    /// `kill`: which processes are signalled.
+    pub kill: KillMode,
+}
+
+impl BindingSpec {
+    /// A short label for log lines: the name, or `PARENT->CHILD[,CHILD...]`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("\"{name}\""),
+            None => {
+                let children: Vec<String> =
+                    self.children.iter().map(|c| c.pid.to_string()).collect();
+                format!("{}->{}", self.parent.pid, children.join(","))
+            }
+        }
+    }
+}
+
+/// A process named by pid, optionally pinned to one identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcSpec {
+    /// The pid, in the daemon's pid namespace.
+    pub pid: Pid,
+    /// `*_start`: start time in clock ticks since boot (field 22 of
+    /// `/proc/PID/stat`).
+    pub start: Option<u64>,
+    /// `*_inode`: the pidfd's inode on pidfs (Linux 6.9 and later).
+    pub inode: Option<u64>,
+}
+
+impl ProcSpec {
+    /// An unpinned process spec.
+    pub fn unpinned(pid: Pid) -> Self {
+        ProcSpec {
+            pid,
+            start: None,
+            inode: None,
+        }
+    }
+}
+
+/// A process id greater than 1 (pid 1 never exits and must never be
+/// signalled by us; 0 and negative values address groups in kill(2)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(i32);
+
+impl Pid {
+    /// The raw pid.
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for Pid {
+    type Error = String;
+
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        match i32::try_from(value) {
+            Ok(pid) if pid > 1 => Ok(Pid(pid)),
+            Ok(1) => Err("pid 1 cannot be bound (init never exits and must never be signalled)".into()),
+            _ => Err(format!("{value} is not a valid pid (expected an integer from 2 to 2147483647)")),
+        }
+    }
+}
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A signal that may be sent to a child: a number known to the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Signal(nix::sys::signal::Signal);
+
+impl Signal {
+    /// SIGTERM, the default.
+    pub const TERM: Signal = Signal(nix::sys::signal::Signal::SIGTERM);
+    /// SIGKILL, used for escalation.
+    pub const KILL: Signal = Signal(nix::sys::signal::Signal::SIGKILL);
+
+    /// The nix signal.
+    pub fn get(self) -> nix::sys::signal::Signal {
+        self.0
+    }
+
+    /// The raw signal number.
+    pub fn number(self) -> i32 {
+        self.0 as i32
+    }
+}
+
+impl From<nix::sys::signal::Signal> for Signal {
+    fn from(sig: nix::sys::signal::Signal) -> Self {
+        Signal(sig)
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+/// How long after the signal a still-living child gets SIGKILL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Grace {
+    /// Escalate after this long.
+    After(Duration),
+    /// Never escalate.
+    Never,
+}
+
+impl Default for Grace {
+    fn default() -> Self {
+        Grace::After(Duration::from_secs(5))
+    }
+}
+
+impl fmt::Display for Grace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Grace::Never => f.write_str("never"),
+            Grace::After(d) if d.subsec_millis() == 0 => write!(f, "{}s", d.as_secs()),
+            Grace::After(d) => write!(f, "{}ms", d.as_millis()),
+        }
+    }
+}
+
+/// Which processes are signalled when the parent exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KillMode {
+    /// Only the bound child processes.
+    #[default]
+    Process,
+}
+
+impl fmt::Display for KillMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KillMode::Process => f.write_str("process"),
+        }
+    }
+}

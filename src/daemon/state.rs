@@ -1,0 +1,298 @@
+//! The state file: what the daemon must remember across restarts.
+//!
+//! Today that is the identity pins of configured pids that the config did
+//! not pin itself: the first time the daemon sees such a pid it records the
+//! process's identity, so that the same config line read after the process
+//! died (or after a reboot) can never be taken to mean whoever has the pid
+//! now. Each pin carries the boot id it was taken in.
+//!
+//! The file is JSON, written atomically (temporary file, fsync, rename,
+//! fsync of the directory). A file that cannot be parsed is moved aside
+//! and the daemon starts without it rather than crash-looping.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Pid;
+use crate::watch::Identity;
+
+/// The version written in the file; a different one is refused.
+const STATE_VERSION: u32 = 1;
+
+/// A pin recorded for a pid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pin {
+    /// Taken in this boot: the process at the pid must have this identity.
+    ThisBoot(Identity),
+    /// Taken in an earlier boot: whatever has the pid now is not it.
+    EarlierBoot {
+        /// The identity recorded then.
+        identity: Identity,
+        /// The boot it was recorded in.
+        boot_id: Box<str>,
+    },
+}
+
+/// Pins of configured pids, by pid.
+#[derive(Debug, Default)]
+pub struct Pins {
+    map: HashMap<Pid, Pin>,
+    dirty: bool,
+}
+
+impl Pins {
+    /// The pin of `pid`, if one was recorded.
+    pub fn get(&self, pid: Pid) -> Option<&Pin> {
+        self.map.get(&pid)
+    }
+
+    /// Records the identity first seen at `pid`.
+    pub fn record(&mut self, pid: Pid, identity: Identity) {
+        self.map.insert(pid, Pin::ThisBoot(identity));
+        self.dirty = true;
+    }
+
+    /// Forgets every pin whose pid `keep` does not accept.
+    pub fn retain(&mut self, mut keep: impl FnMut(Pid) -> bool) {
+        let before = self.map.len();
+        self.map.retain(|pid, _| keep(*pid));
+        if self.map.len() != before {
+            self.dirty = true;
+        }
+    }
+
+    /// How many pins are recorded.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no pin is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether something changed since the last save.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+}
+
+/// The state file on disk.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    boot_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnDisk {
+    version: u32,
+    #[serde(default)]
+    pins: Vec<PinRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinRecord {
+    pid: i32,
+    start: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inode: Option<u64>,
+    boot_id: String,
+}
+
+impl StateFile {
+    /// A state file at `path` for the boot `boot_id`.
+    pub fn new(path: PathBuf, boot_id: String) -> Self {
+        StateFile { path, boot_id }
+    }
+
+    /// Where the file lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the pins. A missing file is an empty state. A file that
+    /// cannot be read or parsed is moved aside (the returned warning says
+    /// where) and an empty state is returned.
+    pub fn load(&self) -> (Pins, Option<String>) {
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return (Pins::default(), None),
+            Err(err) => {
+                let warning = format!("{}: cannot read the state file: {err}; starting without it", self.path.display());
+                return (Pins::default(), Some(warning));
+            }
+        };
+        match self.decode(&bytes) {
+            Ok(pins) => (pins, None),
+            Err(why) => {
+                let aside = self.set_aside();
+                let warning = match aside {
+                    Ok(to) => format!(
+                        "{}: corrupt state file ({why}); moved it to {} and starting without it",
+                        self.path.display(),
+                        to.display()
+                    ),
+                    Err(err) => format!(
+                        "{}: corrupt state file ({why}) that cannot be moved aside ({err}); starting without it",
+                        self.path.display()
+                    ),
+                };
+                (Pins::default(), Some(warning))
+            }
+        }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Pins, String> {
+        let on_disk: OnDisk = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
+        if on_disk.version != STATE_VERSION {
+            return Err(format!("version {} (this tetherd reads version {STATE_VERSION})", on_disk.version));
+        }
+        let mut pins = Pins::default();
+        for record in on_disk.pins {
+            let pid = Pid::try_from(i64::from(record.pid))?;
+            let identity = Identity {
+                start: record.start,
+                inode: record.inode,
+            };
+            let pin = if record.boot_id == self.boot_id {
+                Pin::ThisBoot(identity)
+            } else {
+                Pin::EarlierBoot {
+                    identity,
+                    boot_id: record.boot_id.into_boxed_str(),
+                }
+            };
+            pins.map.insert(pid, pin);
+        }
+        Ok(pins)
+    }
+
+    fn set_aside(&self) -> io::Result<PathBuf> {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".corrupt-{secs}"));
+        let to = PathBuf::from(name);
+        fs::rename(&self.path, &to)?;
+        Ok(to)
+    }
+
+    /// Writes `pins` atomically and marks them clean.
+    pub fn save(&self, pins: &mut Pins) -> io::Result<()> {
+        let mut records: Vec<PinRecord> = pins
+            .map
+            .iter()
+            .map(|(pid, pin)| {
+                let (identity, boot_id) = match pin {
+                    Pin::ThisBoot(identity) => (identity, self.boot_id.as_str()),
+                    Pin::EarlierBoot { identity, boot_id } => (identity, &**boot_id),
+                };
+                PinRecord {
+                    pid: pid.get(),
+                    start: identity.start,
+                    inode: identity.inode,
+                    boot_id: boot_id.to_owned(),
+                }
+            })
+            .collect();
+        records.sort_by_key(|r| r.pid);
+        let on_disk = OnDisk {
+            version: STATE_VERSION,
+            pins: records,
+        };
+        let bytes = serde_json::to_vec_pretty(&on_disk).map_err(io::Error::other)?;
+        write_atomically(&self.path, &bytes)?;
+        pins.dirty = false;
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash at any moment leaves either the
+/// old file or the new one: temporary file, fsync, rename, fsync directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(n: i64) -> Pid {
+        Pid::try_from(n).unwrap()
+    }
+
+    #[test]
+    fn round_trip_keeps_boot_of_each_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        let file = StateFile::new(path.clone(), "boot-a".into());
+        let mut pins = Pins::default();
+        pins.record(pid(100), Identity { start: 5, inode: Some(9) });
+        file.save(&mut pins).unwrap();
+        assert!(!pins.is_dirty());
+
+        let (same_boot, warning) = file.load();
+        assert!(warning.is_none());
+        assert_eq!(same_boot.get(pid(100)), Some(&Pin::ThisBoot(Identity { start: 5, inode: Some(9) })));
+
+        let (other_boot, _) = StateFile::new(path, "boot-b".into()).load();
+        assert!(matches!(other_boot.get(pid(100)), Some(Pin::EarlierBoot { boot_id, .. }) if &**boot_id == "boot-a"));
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, b"{not json").unwrap();
+        let (pins, warning) = StateFile::new(path.clone(), "b".into()).load();
+        assert!(pins.is_empty());
+        let warning = warning.unwrap();
+        assert!(warning.contains("corrupt state file"), "{warning}");
+        assert!(!path.exists());
+        let moved: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(moved.len(), 1);
+    }
+
+    #[test]
+    fn wrong_version_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, br#"{"version": 99, "pins": []}"#).unwrap();
+        let (_, warning) = StateFile::new(path, "b".into()).load();
+        assert!(warning.unwrap().contains("version 99"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Every `unsafe` line of the crate lives under this module.
+//!
+//! Each wrapper makes exactly one foreign call, checks its return value and
+//! hands back owned, safe types (`OwnedFd`, `io::Result`). Platform files are
+//! chosen here, once; callers outside `sys` and `watch` never see `cfg`.
+
+#[cfg(target_os = "linux")]
+pub mod linux;
+
+use std::io;
+
+/// Turns a C-style `-1` return into the thread's `errno`.
+fn cvt<T: IsMinusOne>(ret: T) -> io::Result<T> {
+    if ret.is_minus_one() {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+trait IsMinusOne {
+    fn is_minus_one(&self) -> bool;
+}
+
+impl IsMinusOne for libc::c_int {
+    fn is_minus_one(&self) -> bool {
+        *self == -1
+    }
+}
+
+impl IsMinusOne for libc::c_long {
+    fn is_minus_one(&self) -> bool {
+        *self == -1
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit and returns the new soft
+/// limit. Failure leaves the old limit, which is also returned.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => Ok(hard),
+        Err(_) => Ok(soft),
+    }
+}
+
+/// Gives freed heap pages back to the kernel after a large one-off
+/// allocation (parsing a big config), so the resident size reflects what
+/// the daemon keeps rather than what it once parsed. A no-op off glibc.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim(3) takes a plain size and only walks the
+    // allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Credentials of the peer of a connected Unix socket, from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Effective uid when the peer connected.
+    pub uid: u32,
+    /// Its pid, where the kernel says (Linux); `None` elsewhere.
+    pub pid: Option<i32>,
+}
+
+/// `SO_PEERCRED` on Linux; `getpeereid` elsewhere.
+pub fn peer_credentials(fd: &impl std::os::fd::AsFd) -> io::Result<PeerCred> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let cred = nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::PeerCredentials)?;
+        Ok(PeerCred {
+            uid: cred.uid(),
+            pid: Some(cred.pid()),
+        })
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let (uid, _gid) = nix::unistd::getpeereid(fd)?;
+        Ok(PeerCred {
+            uid: uid.as_raw(),
+            pid: None,
+        })
+    }
+}
+
+/// Receives bytes and any descriptors (SCM_RIGHTS) without blocking.
+/// Returns the byte count (0 at end of stream), the descriptors, and
+/// whether some descriptors were cut off for lack of room.
+pub fn recv_with_fds(
+    fd: &impl std::os::fd::AsRawFd,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>, bool)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 16]);
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let n = msg.bytes;
+    let mut truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw_fds) = cmsg {
+            for raw in raw_fds {
+                // SAFETY: the kernel installed `raw` in our table for this
+                // message (SCM_RIGHTS); nothing else refers to it, so we
+                // own it from here on.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                if fds.len() < max_fds {
+                    fds.push(owned);
+                } else {
+                    truncated = true;
+                }
+            }
+        }
+    }
+    Ok((n, fds, truncated))
+}
+
+/// Sends `bytes` with `fds` attached (SCM_RIGHTS) in one message.
+pub fn send_with_fds(
+    fd: &impl std::os::fd::AsRawFd,
+    bytes: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::{AsRawFd, RawFd};
+
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let iov = [io::IoSlice::new(bytes)];
+    let cmsgs = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
+    Ok(sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)?)
+}

@@ -1,0 +1,121 @@
+//! Starting, stopping, defaults, files and limits.
+
+use std::fs;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::util::{binding, is_root, wait_until, Proc, TestDaemon, TETHERD, TIMEOUT};
+
+#[test]
+fn sigterm_and_sigint_stop_cleanly_and_leave_children_alone() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut parent = Proc::sleeper();
+        let mut child = Proc::sleeper();
+        let mut daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), ""));
+        let status = daemon.stop_with(sig);
+        assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
+        assert!(daemon.log_text().contains("children untouched"));
+        parent.kill9();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(child.is_alive(), "a stopped daemon must not signal");
+    }
+}
+
+#[test]
+fn empty_config_runs() {
+    let mut daemon = TestDaemon::start("");
+    assert!(daemon.log_text().contains("ready: 0 bindings"));
+    assert_eq!(daemon.stop().code(), Some(0));
+}
+
+#[test]
+fn missing_default_config_means_no_bindings() {
+    if !is_root() {
+        eprintln!("skipped: the default path tested here is root's /etc/tether/tether.toml");
+        return;
+    }
+    if std::path::Path::new("/etc/tether/tether.toml").exists() {
+        eprintln!("skipped: /etc/tether/tether.toml exists on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut child = std::process::Command::new(TETHERD)
+        .arg("--state")
+        .arg(dir.path().join("state.json"))
+        .env_remove("RUST_LOG")
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = wait_until(TIMEOUT, || {
+        fs::read_to_string(&log).unwrap_or_default().contains("ready: 0 bindings")
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(ready, "{}", fs::read_to_string(&log).unwrap_or_default());
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn pins_are_written_to_the_state_file() {
+    let parent = Proc::sleeper();
+    let child = Proc::sleeper();
+    let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), ""));
+    let state = fs::read_to_string(&daemon.state).expect("state file written at start");
+    let json: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let pins = json["pins"].as_array().unwrap();
+    let find = |pid: i32| pins.iter().find(|p| p["pid"] == pid).cloned().unwrap();
+    assert_eq!(find(parent.pid())["start"], parent.start_time());
+    assert_eq!(find(child.pid())["start"], child.start_time());
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(find(child.pid())["boot_id"], boot.trim());
+}
+
+#[test]
+fn corrupt_state_file_is_moved_aside_and_the_daemon_starts() {
+    let mut parent = Proc::sleeper();
+    let mut child = Proc::sleeper();
+    let mut daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), ""));
+    daemon.stop();
+    fs::write(&daemon.state, b"\x00garbage{").unwrap();
+    daemon.spawn(None);
+    daemon.wait_log("corrupt state file");
+    let aside = fs::read_dir(daemon.state.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains("state.json.corrupt-"));
+    assert!(aside, "the corrupt file must be kept for inspection");
+    parent.kill9();
+    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM));
+}
+
+#[test]
+fn pins_survive_a_restart_and_a_parent_dead_meanwhile_is_acted_on() {
+    let mut parent = Proc::sleeper();
+    let mut child = Proc::sleeper();
+    let mut daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), ""));
+    daemon.stop();
+    // The parent dies while the daemon is down.
+    parent.kill9();
+    daemon.spawn(None);
+    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+}
+
+#[test]
+fn running_out_of_descriptors_fails_some_bindings_and_serves_the_rest() {
+    // 40 descriptors: the daemon's own few, then two per binding.
+    let mut pairs: Vec<(Proc, Proc)> = (0..30).map(|_| (Proc::sleeper(), Proc::sleeper())).collect();
+    let config: String = pairs
+        .iter()
+        .map(|(p, c)| binding(p.pid(), c.pid(), ""))
+        .collect();
+    let daemon = TestDaemon::start_limited(&config, 40);
+    let log = daemon.log_text();
+    assert!(log.contains("descriptor limit is reached"), "log:\n{log}");
+    assert!(log.contains("binding not held"), "log:\n{log}");
+    // The first binding was armed before descriptors ran out.
+    let (parent, child) = &mut pairs[0];
+    parent.kill9();
+    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+}

@@ -1,0 +1,67 @@
+//! SIGHUP: apply the difference, keep what did not change, refuse a broken
+//! file and keep the old configuration.
+
+use std::time::{Duration, Instant};
+
+use crate::util::{binding, Proc, TestDaemon, TIMEOUT};
+
+#[test]
+fn reload_adds_removes_and_keeps_unchanged_bindings_and_timers() {
+    let (mut kept_p, mut kept_c) = (Proc::sleeper(), Proc::sleeper());
+    let (mut gone_p, mut gone_c) = (Proc::sleeper(), Proc::sleeper());
+    let (mut new_p, mut new_c) = (Proc::sleeper(), Proc::sleeper());
+    let (mut timer_p, mut timer_c) = (Proc::sleeper(), Proc::term_ignorer());
+
+    let kept = binding(kept_p.pid(), kept_c.pid(), "name = \"kept\"");
+    let timer = binding(timer_p.pid(), timer_c.pid(), "name = \"timer\"\ngrace = \"2s\"");
+    let gone = binding(gone_p.pid(), gone_c.pid(), "name = \"gone\"");
+    let added = binding(new_p.pid(), new_c.pid(), "name = \"added\"");
+
+    let daemon = TestDaemon::start(&format!("{kept}{timer}{gone}"));
+    // Start the escalation timer of "timer" before the reload.
+    timer_p.kill9();
+    let fired = Instant::now();
+    daemon.wait_log("binding \"timer\": parent");
+
+    daemon.reload(&format!("{timer}{kept}{added}"));
+    daemon.wait_log("configuration applied: 1 added, 1 removed, 2 unchanged");
+    daemon.wait_log("binding \"gone\": removed (no longer in the configuration)");
+
+    // The removed binding no longer acts.
+    gone_p.kill9();
+    // The added and the unchanged ones do.
+    new_p.kill9();
+    assert_eq!(new_c.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+    kept_p.kill9();
+    assert_eq!(kept_c.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+    // The timer that was running survived the reload.
+    assert_eq!(timer_c.wait_signal(TIMEOUT), Some(libc::SIGKILL), "log:\n{}", daemon.log_text());
+    assert!(fired.elapsed() >= Duration::from_millis(1900));
+    assert!(gone_c.is_alive(), "a removed binding acted; log:\n{}", daemon.log_text());
+    // The unchanged binding was not re-armed: one "gone at load" would show.
+    assert_eq!(daemon.count("gone at load"), 0);
+}
+
+#[test]
+fn broken_config_on_reload_keeps_the_old_one() {
+    let (mut parent, mut child) = (Proc::sleeper(), Proc::sleeper());
+    let good = binding(parent.pid(), child.pid(), "");
+    let daemon = TestDaemon::start(&good);
+    daemon.reload("[[binding]]\nparent = 1\nchild = \"x\"\n");
+    daemon.wait_log("reload refused: 2 error(s)");
+    daemon.wait_log("tether.toml:2:10: binding 1: parent: pid 1 cannot be bound");
+    parent.kill9();
+    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+}
+
+#[test]
+fn reload_of_a_done_binding_does_not_act_again() {
+    let (mut parent, mut child) = (Proc::sleeper(), Proc::sleeper());
+    let config = binding(parent.pid(), child.pid(), "");
+    let daemon = TestDaemon::start(&config);
+    parent.kill9();
+    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM));
+    daemon.reload(&config);
+    daemon.wait_log("0 added, 0 removed, 1 unchanged");
+    assert_eq!(daemon.count("sent SIGTERM"), 1);
+}

@@ -1,0 +1,107 @@
+//! Pid reuse: a pid is not an identity. In a fresh pid namespace the test
+//! controls which pid the next process gets (/proc/sys/kernel/ns_last_pid),
+//! so it can hand a bound child's pid to an innocent process and check that
+//! tetherd never signals it: neither while it holds the child's pidfd, nor
+//! after a restart, where only the remembered pin tells the two apart.
+
+use std::process::Command;
+
+use crate::util::{is_root, TETHERD};
+
+/// The scenario, run by bash as pid 1 of a new pid namespace. Prints
+/// `SKIP reason`, or one `OK`/`FAIL` line per check.
+const SCRIPT: &str = r#"
+set -u
+T=$1; D=$2
+log=$D/tetherd.log
+ready() { # wait for the Nth "ready:" line
+  for _ in $(seq 1 400); do
+    [ "$(grep -c 'ready:' "$log" 2>/dev/null)" -ge "$1" ] && return 0
+    sleep 0.05
+  done
+  echo "FAIL tetherd not ready"; cat "$log"; exit 1
+}
+wait_log() {
+  for _ in $(seq 1 400); do grep -q "$1" "$log" && return 0; sleep 0.05; done
+  echo "FAIL no log line: $1"; cat "$log"; exit 1
+}
+# Gives the next forked process pid $1 (if it is free).
+next_pid() { echo $(( $1 - 1 )) > /proc/sys/kernel/ns_last_pid; }
+innocent() { # an innocent process that records any SIGTERM it gets
+  next_pid "$1"
+  ( trap "echo TERM >> $D/innocent.$1; exit 0" TERM; while :; do sleep 1; done ) &
+}
+
+[ -w /proc/sys/kernel/ns_last_pid ] || { echo "SKIP ns_last_pid is not writable"; exit 0; }
+
+# 1. A held pidfd: one child dies and its pid goes to an innocent while
+#    tetherd watches; then the parent dies and the other child is signalled.
+sleep 1000 & P1=$!
+sleep 1000 & C1=$!
+sleep 1000 & K1=$!
+# 2. Restart: a child dies while tetherd is down and an innocent takes its
+#    pid; only the pin in the state file tells them apart.
+sleep 1000 & P2=$!
+sleep 1000 & C2=$!
+sleep 1000 & K2=$!
+printf '[defaults]\ngrace = "1s"\n' > $D/t.toml
+printf '[[binding]]\nname = "held"\nparent = %s\nchildren = [%s, %s]\n' $P1 $C1 $K1 >> $D/t.toml
+printf '[[binding]]\nname = "restart"\nparent = %s\nchildren = [%s, %s]\n' $P2 $C2 $K2 >> $D/t.toml
+"$T" --config $D/t.toml --state $D/state.json 2>>$log & TD=$!
+ready 1
+
+kill -9 $C1; wait $C1 2>/dev/null
+innocent $C1; I1=$!
+[ "$I1" = "$C1" ] || { echo "SKIP pid $C1 could not be reused (got $I1)"; kill $TD; exit 0; }
+kill -9 $P1; wait $P1 2>/dev/null
+wait_log "binding \"held\": parent $P1 exited; sent SIGTERM to child $K1"
+
+kill -TERM $TD; wait $TD
+kill -9 $C2; wait $C2 2>/dev/null
+innocent $C2; I2=$!
+[ "$I2" = "$C2" ] || { echo "SKIP pid $C2 could not be reused (got $I2)"; exit 0; }
+"$T" --config $D/t.toml --state $D/state.json 2>>$log & TD=$!
+ready 2
+wait_log "child $C2 dropped"
+kill -9 $P2; wait $P2 2>/dev/null
+wait_log "binding \"restart\": parent $P2 exited; sent SIGTERM to child $K2"
+sleep 1.5   # longer than the grace period: no SIGTERM, no SIGKILL came
+
+for pid in $I1 $I2; do
+  if [ -e $D/innocent.$pid ]; then echo "FAIL innocent $pid was signalled"
+  elif kill -0 $pid 2>/dev/null; then echo "OK innocent $pid alive and unsignalled"
+  else echo "FAIL innocent $pid is dead"; fi
+done
+kill -TERM $TD; wait $TD
+echo "EXIT $?"
+"#;
+
+#[test]
+fn reused_child_pid_is_never_signalled() {
+    if !is_root() {
+        eprintln!("skipped: a new pid namespace and ns_last_pid need root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "bash", "-c", SCRIPT, "reuse"])
+        .arg(TETHERD)
+        .arg(dir.path())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stdout.is_empty() {
+        eprintln!("skipped: cannot create a pid namespace here: {stderr}");
+        return;
+    }
+    if let Some(reason) = stdout.lines().find_map(|l| l.strip_prefix("SKIP ")) {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let log = std::fs::read_to_string(dir.path().join("tetherd.log")).unwrap_or_default();
+    assert!(!stdout.contains("FAIL"), "{stdout}\n{stderr}\nlog:\n{log}");
+    assert_eq!(stdout.matches("OK innocent").count(), 2, "{stdout}\n{stderr}\nlog:\n{log}");
+    assert!(stdout.contains("EXIT 0"), "{stdout}");
+    assert!(log.contains("the pin recorded when tetherd first saw it"), "{log}");
+}

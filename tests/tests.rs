@@ -1,0 +1,25 @@
+//! One integration binary: every test runs the real `tetherd` against real
+//! processes. Modules follow behaviours: `orphan` (what happens when a
+//! parent exits), `lifecycle` (start, stop, files, limits), `reload`
+//! (SIGHUP), `check` (configuration errors through the binary), `reuse`
+//! (pid reuse in a fresh pid namespace) and `scale`.
+
+// Tests may panic, unwrap and index: a failed expectation is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)]
+
+mod util;
+
+mod check;
+mod lifecycle;
+mod orphan;
+mod reload;
+mod reuse;
+mod scale;

@@ -1,0 +1,313 @@
+//! Test fixtures: a real `tetherd` in its own temporary directory, real
+//! processes to bind, and waiting by condition instead of fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The tetherd binary under test.
+pub const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
+
+/// How long any wait may take before the test fails. Generous: the
+/// machine has 2 cores and tests run in parallel.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether the test runs as root (needed for namespaces and ownership).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A process started by the test, so the test can reap it and read how it
+/// ended. Killed and reaped on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Runs `sh -c script`.
+    pub fn sh(script: &str) -> Proc {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        Proc { child, status: None }
+    }
+
+    /// A process that sleeps until signalled.
+    pub fn sleeper() -> Proc {
+        let child = Command::new("sleep")
+            .arg("1000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        Proc { child, status: None }
+    }
+
+    /// A process that ignores SIGTERM (only SIGKILL ends it). The ignored
+    /// disposition survives the exec into sleep.
+    pub fn term_ignorer() -> Proc {
+        let p = Proc::sh("trap '' TERM; exec sleep 1000");
+        // Wait for the exec, so the trap is in place before anyone signals.
+        let pid = p.pid();
+        assert!(
+            wait_until(TIMEOUT, || fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim() == "sleep")
+                .unwrap_or(false)),
+            "term ignorer did not exec"
+        );
+        p
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+
+    /// Reaps the process if it has exited; returns its status.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Waits up to `timeout` for the process to end; returns the signal
+    /// that ended it (`None`: still alive or exited normally).
+    pub fn wait_signal(&mut self, timeout: Duration) -> Option<i32> {
+        wait_until(timeout, || self.try_status().is_some());
+        self.try_status().and_then(|s| s.signal())
+    }
+
+    /// Whether the process is still running (not exited, not a zombie).
+    pub fn is_alive(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// The start time (field 22 of /proc/PID/stat).
+    pub fn start_time(&self) -> u64 {
+        start_time(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat.
+pub fn start_time(pid: i32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
+    rest.split_whitespace().nth(19).expect("field 22").parse().expect("number")
+}
+
+/// A config binding `parent -> child` with optional extra TOML lines.
+pub fn binding(parent: i32, child: i32, extra: &str) -> String {
+    format!("[[binding]]\nparent = {parent}\nchild = {child}\n{extra}\n")
+}
+
+/// A running `tetherd` with its own directory, config, state and log.
+#[derive(Debug)]
+pub struct TestDaemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+}
+
+impl TestDaemon {
+    /// Writes `config`, starts tetherd on it and waits until it is ready.
+    pub fn start(config: &str) -> TestDaemon {
+        TestDaemon::start_with(config, None)
+    }
+
+    /// Like [`TestDaemon::start`], with RLIMIT_NOFILE set to `nofile`.
+    pub fn start_limited(config: &str, nofile: u64) -> TestDaemon {
+        TestDaemon::start_with(config, Some(nofile))
+    }
+
+    fn start_with(config: &str, nofile: Option<u64>) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tether.toml");
+        fs::write(&path, config).expect("write config");
+        let mut daemon = TestDaemon {
+            child: None,
+            config: path,
+            state: dir.path().join("state/state.json"),
+            log: dir.path().join("tetherd.log"),
+            dir,
+        };
+        daemon.spawn(nofile);
+        daemon
+    }
+
+    /// Starts tetherd (again) on the same files; `nofile` sets its
+    /// descriptor limit (soft and hard).
+    pub fn spawn(&mut self, nofile: Option<u64>) {
+        assert!(self.child.is_none(), "daemon already running");
+        let n_ready = self.count("ready:");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let mut cmd = Command::new(TETHERD);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--state")
+            .arg(&self.state)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(limit) = nofile {
+            // SAFETY: setrlimit is async-signal-safe and touches no memory
+            // shared with the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
+        self.child = Some(cmd.spawn().expect("spawn tetherd"));
+        let ready = wait_until(TIMEOUT, || self.count("ready:") > n_ready || self.exited());
+        assert!(ready && !self.exited(), "tetherd did not become ready:\n{}", self.log_text());
+    }
+
+    fn exited(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().expect("try_wait").is_some(),
+            None => true,
+        }
+    }
+
+    /// The pid of the running daemon.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.as_ref().expect("running").id()).expect("pid")
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log_text().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until the log holds at least `n` lines with `needle`; panics
+    /// with the log otherwise.
+    pub fn wait_count(&self, needle: &str, n: usize) {
+        let ok = wait_until(TIMEOUT, || self.count(needle) >= n);
+        assert!(ok, "expected {n} log line(s) with {needle:?}; log:\n{}", self.log_text());
+    }
+
+    /// Waits for a log line with `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_count(needle, 1);
+    }
+
+    /// Replaces the config and sends SIGHUP; waits for the daemon to say it
+    /// applied or refused it.
+    pub fn reload(&self, config: &str) {
+        let before = self.count("configuration applied") + self.count("reload refused");
+        fs::write(&self.config, config).expect("write config");
+        kill(Pid::from_raw(self.pid()), Signal::SIGHUP).expect("SIGHUP");
+        let done = wait_until(TIMEOUT, || {
+            self.count("configuration applied") + self.count("reload refused") > before
+        });
+        assert!(done, "reload not handled; log:\n{}", self.log_text());
+    }
+
+    /// Stops the daemon with `sig` and returns its exit status.
+    pub fn stop_with(&mut self, sig: Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = i32::try_from(child.id()).expect("pid");
+        kill(Pid::from_raw(pid), sig).expect("signal tetherd");
+        child.wait().expect("wait tetherd")
+    }
+
+    /// Stops the daemon with SIGTERM.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGTERM)
+    }
+
+    /// The directory holding the daemon's files.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `tetherd` with `args` to completion; returns (exit code, stdout,
+/// stderr).
+pub fn run_tetherd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(TETHERD)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run tetherd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
