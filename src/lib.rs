@@ -6,7 +6,11 @@
 //!
 //! - [`config`]: TOML text to a validated model (no system calls).
 //! - [`watch`]: the per-OS process watcher behind one small trait.
-//! - [`daemon`]: the mio event loop that owns bindings, timers and signals.
+//! - [`daemon`]: the mio event loop that owns bindings, timers, signals and
+//!   the control socket.
+//! - [`protocol`]: the JSON-lines control protocol (tetherd and tetherctl).
+//! - [`sys`]: every `unsafe` call, one per block.
+//! - [`paths`]: default file locations.
 
 #[cfg(not(any(
     target_os = "linux",
@@ -21,5 +25,7 @@ compile_error!("tether supports Linux, macOS and the BSDs only");
 
 pub mod config;
 pub mod daemon;
-mod sys;
+pub mod paths;
+pub mod protocol;
+pub mod sys;
 pub mod watch;

@@ -44,6 +44,8 @@ fn missing_default_config_means_no_bindings() {
     let mut child = std::process::Command::new(TETHERD)
         .arg("--state")
         .arg(dir.path().join("state.json"))
+        .arg("--socket")
+        .arg(dir.path().join("tether.sock"))
         .env_remove("RUST_LOG")
         .stderr(fs::File::create(&log).unwrap())
         .spawn()

@@ -47,7 +47,7 @@ sleep 1000 & K2=$!
 printf '[defaults]\ngrace = "1s"\n' > $D/t.toml
 printf '[[binding]]\nname = "held"\nparent = %s\nchildren = [%s, %s]\n' $P1 $C1 $K1 >> $D/t.toml
 printf '[[binding]]\nname = "restart"\nparent = %s\nchildren = [%s, %s]\n' $P2 $C2 $K2 >> $D/t.toml
-"$T" --config $D/t.toml --state $D/state.json 2>>$log & TD=$!
+"$T" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
 ready 1
 
 kill -9 $C1; wait $C1 2>/dev/null
@@ -60,7 +60,7 @@ kill -TERM $TD; wait $TD
 kill -9 $C2; wait $C2 2>/dev/null
 innocent $C2; I2=$!
 [ "$I2" = "$C2" ] || { echo "SKIP pid $C2 could not be reused (got $I2)"; exit 0; }
-"$T" --config $D/t.toml --state $D/state.json 2>>$log & TD=$!
+"$T" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
 ready 2
 wait_log "child $C2 dropped"
 kill -9 $P2; wait $P2 2>/dev/null

@@ -2,7 +2,7 @@
 //! the configuration, sets up logging, and hands over to `daemon::Daemon`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -40,7 +40,8 @@ Exit status:
 Files:
   /etc/tether/tether.toml            configuration (as root)
   $XDG_CONFIG_HOME/tether/tether.toml  configuration (other users; ~/.config by default)
-  /var/lib/tether/state.json         pins remembered across restarts (as root)
+  /var/lib/tether/state.json         socket bindings and pins, kept across restarts (as root)
+  /run/tether/tether.sock            control socket for tetherctl (as root)
 
 See tetherd(8) and tether.toml(5).";
 
@@ -60,6 +61,12 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     state: Option<PathBuf>,
 
+    /// Control socket [default: [daemon] socket, else
+    /// /run/tether/tether.sock as root, $XDG_RUNTIME_DIR/tether/tether.sock
+    /// otherwise]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
     /// Validate the configuration, print any errors, and exit (0 valid,
     /// 2 invalid) without starting
     #[arg(short = 't', long)]
@@ -76,7 +83,7 @@ fn main() -> ExitCode {
             trust: trust(root),
         },
         None => ConfigSource {
-            path: default_config_path(root),
+            path: tether::paths::default_config(),
             required: false,
             trust: trust(root),
         },
@@ -101,6 +108,7 @@ fn main() -> ExitCode {
     let options = Options {
         config: source,
         state_path: args.state,
+        socket_path: args.socket,
         log_from_env,
     };
     let mut daemon = match Daemon::new(options, config) {
@@ -125,18 +133,6 @@ fn trust(root: bool) -> Trust {
     } else {
         Trust::Any
     }
-}
-
-fn default_config_path(root: bool) -> PathBuf {
-    if root {
-        return PathBuf::from("/etc/tether/tether.toml");
-    }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".config")))
-        .unwrap_or_else(|| PathBuf::from("/etc"));
-    base.join("tether/tether.toml")
 }
 
 /// Logs go to stderr, one line each. Under systemd (JOURNAL_STREAM set)

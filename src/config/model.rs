@@ -14,6 +14,9 @@ use std::time::Duration;
 pub struct Config {
     /// Settings of the `[daemon]` table.
     pub daemon: DaemonSettings,
+    /// The `[defaults]` table: what bindings (also socket bindings) that
+    /// leave an option out get.
+    pub defaults: Defaults,
     /// The `[[binding]]` entries, in file order, with `[defaults]` applied.
     pub bindings: Vec<BindingSpec>,
 }
@@ -26,6 +29,10 @@ pub struct DaemonSettings {
     /// `state`: where pins (and later runtime bindings) are persisted.
     /// `None` means the built-in default for the user running the daemon.
     pub state: Option<PathBuf>,
+    /// `socket`: the control socket. `None` means the built-in default.
+    pub socket: Option<PathBuf>,
+    /// `max_bindings_per_uid`: live socket bindings one uid may hold.
+    pub max_bindings_per_uid: usize,
 }
 
 impl Default for DaemonSettings {
@@ -33,6 +40,29 @@ impl Default for DaemonSettings {
         DaemonSettings {
             log: log::LevelFilter::Info,
             state: None,
+            socket: None,
+            max_bindings_per_uid: 1024,
+        }
+    }
+}
+
+/// The `[defaults]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Defaults {
+    /// `signal`, default SIGTERM.
+    pub signal: Signal,
+    /// `grace`, default 5s.
+    pub grace: Grace,
+    /// `kill`, default process.
+    pub kill: KillMode,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            signal: Signal::TERM,
+            grace: Grace::default(),
+            kill: KillMode::default(),
         }
     }
 }

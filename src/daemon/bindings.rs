@@ -13,6 +13,7 @@ use std::time::Instant;
 use mio::Token;
 
 use crate::config::{BindingSpec, Pid};
+use crate::watch::Identity;
 
 /// Tokens at or above this value belong to the daemon itself (signals,
 /// the control socket); tokens below it name binding members.
@@ -44,6 +45,29 @@ impl std::fmt::Display for BindingId {
     }
 }
 
+/// Where a binding came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A `[[binding]]` of the configuration file.
+    Config,
+    /// A `bind` request on the control socket, by this uid. Persisted in
+    /// the state file until it is done or unbound.
+    Socket {
+        /// The caller's uid.
+        uid: u32,
+    },
+}
+
+impl Origin {
+    /// The uid that owns the binding (root for the configuration file).
+    pub fn uid(self) -> u32 {
+        match self {
+            Origin::Config => 0,
+            Origin::Socket { uid } => uid,
+        }
+    }
+}
+
 /// Where a binding is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -67,6 +91,8 @@ pub enum Phase {
 pub struct Member<H> {
     /// The pid, for logs.
     pub pid: Pid,
+    /// Who it is, as proven when it was opened.
+    pub identity: Identity,
     /// The open handle; it refers to this process and no other.
     pub handle: H,
 }
@@ -74,7 +100,12 @@ pub struct Member<H> {
 /// One binding at run time.
 #[derive(Debug)]
 pub struct Binding<H> {
-    /// What the configuration said.
+    /// The id users see (`tetherctl list`, `unbind`).
+    pub id: u64,
+    /// Where it came from.
+    pub origin: Origin,
+    /// What the configuration or the request said. For socket bindings the
+    /// processes are pinned to the identities proven at bind time.
     pub spec: Rc<BindingSpec>,
     /// The parent while it is watched.
     pub parent: Option<Member<H>>,
@@ -86,9 +117,13 @@ pub struct Binding<H> {
 }
 
 impl<H> Binding<H> {
-    /// `binding "name"` or `binding PARENT->CHILD`.
+    /// `binding "name"` or `binding PARENT->CHILD`, with the id for socket
+    /// bindings.
     pub fn label(&self) -> String {
-        format!("binding {}", self.spec.label())
+        match self.origin {
+            Origin::Config => format!("binding {}", self.spec.label()),
+            Origin::Socket { uid } => format!("binding {} #{} (uid {uid})", self.spec.label(), self.id),
+        }
     }
 
     /// The number of children still held.
@@ -126,6 +161,18 @@ impl<H> Default for Bindings<H> {
             slots: Vec::new(),
             free: Vec::new(),
             n_live: 0,
+        }
+    }
+}
+
+impl Phase {
+    /// A word for `list`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Phase::Armed => "armed",
+            Phase::Signalled { .. } => "signalled",
+            Phase::Killed => "killed",
+            Phase::Done => "done",
         }
     }
 }
@@ -243,6 +290,8 @@ mod tests {
             kill: KillMode::Process,
         };
         Binding {
+            id: 1,
+            origin: Origin::Config,
             spec: Rc::new(spec),
             parent: None,
             children: vec![None],

@@ -1,25 +1,33 @@
 //! The daemon: one mio event loop that owns every binding.
 //!
 //! Everything the loop reacts to arrives as a token: a binding member's
-//! exit (from the watch backend), or a signal to the daemon itself
-//! (SIGHUP, SIGTERM, SIGINT through signal-hook-mio). Grace periods are not
-//! timers of their own: the earliest pending deadline is the poll timeout,
-//! so a daemon with nothing pending sleeps in the kernel without waking.
+//! exit (from the watch backend), a signal to the daemon itself (SIGHUP,
+//! SIGTERM, SIGINT through signal-hook-mio), or the control socket and its
+//! connections. Grace periods and idle connections are not timers of their
+//! own: the earliest pending deadline is the poll timeout, so a daemon with
+//! nothing pending sleeps in the kernel without waking.
+//!
+//! Each loop iteration ends with a commit: the state file is written (once,
+//! however many requests came in) *before* any `bind` is acknowledged, so a
+//! daemon killed at any moment loses no binding a client was told about.
 //!
 //! One binding's failure (a process that cannot be opened, a signal the
 //! kernel refuses) is logged with the binding's label and never stops the
 //! loop; only a failure of the loop itself (`epoll_wait`) ends `run`.
 
 mod bindings;
+mod control;
+mod requests;
 mod state;
 
-pub use bindings::{BindingId, Phase};
+pub use bindings::{BindingId, Origin, Phase};
+pub use control::{IDLE_TIMEOUT, MAX_CONNECTIONS};
 pub use state::{write_atomically, StateFile};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,13 +36,22 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::config::{self, BindingSpec, Config, ConfigErrors, Grace, Pid, ProcSpec, Signal, Trust};
+use crate::config::{
+    self, parse_duration, parse_signal, BindingSpec, Config, ConfigErrors, Defaults, Grace, KillMode, Pid, ProcSpec,
+    Signal, Trust,
+};
+use crate::protocol::ReloadInfo;
 use crate::watch::{Backend, Delivery, Identity, OpenError, Watcher};
 use bindings::{Binding, Bindings, Member, MemberRef, MAX_CHILDREN, RESERVED_TOKENS};
-use state::{Pin, Pins};
+use control::{Conn, ControlSocket};
+use state::{Pin, Pins, SavedBinding, SavedProc};
 
 /// The token of the daemon's own signals.
 const SIGNAL_TOKEN: Token = Token(RESERVED_TOKENS);
+/// The token of the control socket's listener.
+const LISTENER_TOKEN: Token = Token(RESERVED_TOKENS + 1);
+/// Connection `i` has token `CONN_TOKENS + i`.
+const CONN_TOKENS: usize = RESERVED_TOKENS + 2;
 
 /// Descriptors kept aside for the daemon's own use (logs, state file,
 /// epoll, the signal pipe, later the control socket) when estimating how
@@ -73,22 +90,12 @@ pub struct Options {
     /// The state file (`--state`); `None` takes `[daemon] state` or the
     /// built-in default.
     pub state_path: Option<PathBuf>,
+    /// The control socket (`--socket`); `None` takes `[daemon] socket` or
+    /// the built-in default.
+    pub socket_path: Option<PathBuf>,
     /// Whether `RUST_LOG` set the log filter (then `[daemon] log` is
     /// ignored, also on reload).
     pub log_from_env: bool,
-}
-
-/// The built-in state file for the user running the daemon.
-pub fn default_state_path() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/tether/state.json");
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("tether/state.json")
 }
 
 /// How the loop ended.
@@ -107,11 +114,27 @@ pub struct Daemon {
     bindings: Bindings<Handle>,
     /// Configured bindings by what they say, to diff a reloaded config.
     by_spec: HashMap<Rc<BindingSpec>, BindingId>,
+    /// Bindings by the id users see.
+    ids: HashMap<u64, BindingId>,
+    next_id: u64,
     /// Escalation deadlines, earliest first.
     timers: BinaryHeap<Reverse<(Instant, BindingId)>>,
     pins: Pins,
     state: StateFile,
+    /// Socket bindings changed since the state file was written.
+    state_dirty: bool,
     options: Options,
+    /// `[defaults]`, for socket bindings that leave options out.
+    defaults: Defaults,
+    /// `[daemon] max_bindings_per_uid`.
+    max_per_uid: usize,
+    control: ControlSocket,
+    conns: Vec<Option<Conn>>,
+    /// Connections with unread input left after their read budget.
+    backlog: Vec<usize>,
+    /// Responses waiting for the commit at the end of the iteration.
+    replies: Vec<requests::Reply>,
+    started: Instant,
     fd_limit: u64,
 }
 
@@ -144,13 +167,21 @@ impl Daemon {
             .state_path
             .clone()
             .or_else(|| config.daemon.state.clone())
-            .unwrap_or_else(default_state_path);
+            .unwrap_or_else(crate::paths::default_state);
         let boot_id = watcher.boot_id()?;
         let state = StateFile::new(state_path, boot_id);
-        let (pins, warning) = state.load();
-        if let Some(warning) = warning {
+        let loaded = state.load();
+        if let Some(warning) = &loaded.warning {
             warn!("{warning}");
         }
+        let socket_path = options
+            .socket_path
+            .clone()
+            .or_else(|| config.daemon.socket.clone())
+            .unwrap_or_else(crate::paths::default_socket);
+        let mut control = ControlSocket::bind(&socket_path)
+            .map_err(|err| io::Error::new(err.kind(), format!("control socket {}: {err}", socket_path.display())))?;
+        control.register(poll.registry(), LISTENER_TOKEN)?;
         let mut daemon = Daemon {
             poll,
             events: Events::with_capacity(1024),
@@ -158,12 +189,23 @@ impl Daemon {
             signals,
             bindings: Bindings::default(),
             by_spec: HashMap::new(),
+            ids: HashMap::new(),
+            next_id: loaded.next_id.max(1),
             timers: BinaryHeap::new(),
-            pins,
+            pins: loaded.pins,
             state,
+            state_dirty: false,
             options,
+            defaults: config.defaults,
+            max_per_uid: config.daemon.max_bindings_per_uid,
+            control,
+            conns: Vec::new(),
+            backlog: Vec::new(),
+            replies: Vec::new(),
+            started: Instant::now(),
             fd_limit,
         };
+        daemon.restore(loaded.bindings);
         daemon.apply(config);
         Ok(daemon)
     }
@@ -177,7 +219,7 @@ impl Daemon {
     pub fn run(&mut self) -> io::Result<Stop> {
         let fds_per_binding = 2;
         info!(
-            "tetherd {} ready: {} bindings ({} watched), backend {}, descriptor limit {} (about {} bindings of one child), state {}",
+            "tetherd {} ready: {} bindings ({} watched), backend {}, descriptor limit {} (about {} bindings of one child), state {}, socket {}",
             env!("CARGO_PKG_VERSION"),
             self.bindings.len(),
             self.n_armed(),
@@ -185,6 +227,7 @@ impl Daemon {
             self.fd_limit,
             self.fd_limit.saturating_sub(RESERVED_FDS) / fds_per_binding,
             self.state.path().display(),
+            self.control.path().display(),
         );
         let mut tokens: Vec<Token> = Vec::new();
         loop {
@@ -198,19 +241,25 @@ impl Daemon {
             }
             tokens.clear();
             tokens.extend(self.events.iter().map(|event| event.token()));
+            tokens.extend(self.backlog.drain(..).map(|idx| Token(CONN_TOKENS + idx)));
             for &token in &tokens {
                 if token == SIGNAL_TOKEN {
                     if let Some(stop) = self.handle_signals() {
-                        self.save_state();
+                        self.commit();
                         info!("stopping on {}; {} bindings left unwatched, children untouched", signal_name(stop), self.bindings.len());
                         return Ok(Stop::Signal(stop));
                     }
+                } else if token == LISTENER_TOKEN {
+                    self.accept();
+                } else if token.0 >= CONN_TOKENS {
+                    self.conn_event(token.0 - CONN_TOKENS);
                 } else {
                     self.member_event(token);
                 }
             }
             self.run_due_timers();
-            self.save_state();
+            self.expire_idle_conns();
+            self.commit();
         }
     }
 
@@ -221,9 +270,19 @@ impl Daemon {
             .count()
     }
 
-    /// The poll timeout: until the earliest deadline, or forever.
+    /// The poll timeout: until the earliest deadline (escalation, or a
+    /// connection's idle timeout), zero while input is left unread, or
+    /// forever when nothing is pending.
     fn next_timeout(&self) -> Option<Duration> {
-        let Reverse((deadline, _)) = self.timers.peek()?;
+        if !self.backlog.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let escalation = self.timers.peek().map(|Reverse((deadline, _))| *deadline);
+        let idle = self.conns.iter().flatten().map(|c| c.last_active + IDLE_TIMEOUT).min();
+        let deadline = match (escalation, idle) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
         Some(deadline.saturating_duration_since(Instant::now()))
     }
 
@@ -239,17 +298,18 @@ impl Daemon {
             }
         }
         if reload {
-            self.reload();
+            info!("SIGHUP received");
+            let _ = self.reload();
         }
         None
     }
 
     /// Re-reads the configuration and applies the difference. An invalid
-    /// file changes nothing.
-    pub fn reload(&mut self) {
-        info!("SIGHUP: reloading {}", self.options.config.path.display());
+    /// file changes nothing; its errors are logged and returned.
+    pub fn reload(&mut self) -> Result<ReloadInfo, ConfigErrors> {
+        info!("reloading {}", self.options.config.path.display());
         match self.options.config.load() {
-            Ok(config) => self.apply(config),
+            Ok(config) => Ok(self.apply(config)),
             Err(errors) => {
                 error!(
                     "reload refused: {} error(s) in {}; the running configuration stays in force",
@@ -259,16 +319,19 @@ impl Daemon {
                 for err in &errors.0 {
                     error!("{err}");
                 }
+                Err(errors)
             }
         }
     }
 
     /// Makes the configured bindings those of `config`: adds new ones,
     /// drops removed ones, leaves unchanged ones (and their timers) alone.
-    fn apply(&mut self, config: Config) {
+    fn apply(&mut self, config: Config) -> ReloadInfo {
         if !self.options.log_from_env {
             log::set_max_level(config.daemon.log);
         }
+        self.defaults = config.defaults;
+        self.max_per_uid = config.daemon.max_bindings_per_uid;
         if let Some(state) = &config.daemon.state {
             if self.options.state_path.is_none() && state != self.state.path() {
                 warn!(
@@ -297,7 +360,7 @@ impl Daemon {
                 continue;
             }
             let spec = Rc::new(spec);
-            match self.add(Rc::clone(&spec)) {
+            match self.add(Rc::clone(&spec), Origin::Config) {
                 Some(id) => {
                     self.by_spec.insert(spec, id);
                     n_added += 1;
@@ -313,30 +376,121 @@ impl Daemon {
             .flat_map(|spec| std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid)))
             .collect();
         self.pins.retain(|pid| named.contains(&pid));
-        self.save_state();
+        if let Err(err) = self.save_state() {
+            error!("{err}");
+        }
         crate::sys::release_free_memory();
         info!(
             "configuration applied: {n_added} added, {n_removed} removed, {n_unchanged} unchanged, {n_failed} failed; {} bindings held",
             self.bindings.len()
         );
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        ReloadInfo {
+            added: count(n_added),
+            removed: count(n_removed),
+            unchanged: count(n_unchanged),
+            failed: count(n_failed),
+        }
     }
 
-    fn save_state(&mut self) {
-        if !self.pins.is_dirty() {
-            return;
+    /// Restores the socket bindings of the state file. Their processes are
+    /// pinned, so a parent that exited while the daemon was down is found
+    /// gone (and the binding acts at once), and a child whose pid now
+    /// belongs to another process is dropped unsignalled.
+    fn restore(&mut self, saved: Vec<SavedBinding>) {
+        let n_saved = saved.len();
+        for binding in saved {
+            self.next_id = self.next_id.max(binding.id.saturating_add(1));
+            if binding.boot_id != self.state.boot_id() {
+                info!(
+                    "socket binding #{} (uid {}) dropped: made in an earlier boot, its processes are gone",
+                    binding.id, binding.uid
+                );
+                self.state_dirty = true;
+                continue;
+            }
+            match saved_spec(&binding) {
+                Ok(spec) => {
+                    let origin = Origin::Socket { uid: binding.uid };
+                    let id = binding.id;
+                    if self.add_with_id(Rc::new(spec), origin, id).is_none() {
+                        self.state_dirty = true;
+                    }
+                }
+                Err(why) => {
+                    warn!("socket binding #{} in the state file dropped: {why}", binding.id);
+                    self.state_dirty = true;
+                }
+            }
         }
-        if let Err(err) = self.state.save(&mut self.pins) {
-            error!(
-                "cannot write the state file {}: {err}; pins stay in memory and the write is retried",
+        if n_saved > 0 {
+            info!("restored {n_saved} socket bindings from {}", self.state.path().display());
+        }
+    }
+
+    /// Writes the state file if anything in it changed.
+    fn save_state(&mut self) -> Result<(), String> {
+        if !self.pins.is_dirty() && !self.state_dirty {
+            return Ok(());
+        }
+        let saved = self.saved_bindings();
+        match self.state.save(&mut self.pins, saved, self.next_id) {
+            Ok(()) => {
+                self.state_dirty = false;
+                Ok(())
+            }
+            Err(err) => Err(format!(
+                "cannot write the state file {}: {err}",
                 self.state.path().display()
-            );
+            )),
         }
+    }
+
+    /// The socket bindings as the state file keeps them.
+    fn saved_bindings(&self) -> Vec<SavedBinding> {
+        let boot_id = self.state.boot_id().to_owned();
+        self.bindings
+            .iter()
+            .filter_map(|(_, binding)| {
+                let Origin::Socket { uid } = binding.origin else {
+                    return None;
+                };
+                if binding.phase == Phase::Done {
+                    return None;
+                }
+                let spec = &binding.spec;
+                let children = spec
+                    .children
+                    .iter()
+                    .zip(&binding.children)
+                    .filter(|(_, live)| live.is_some())
+                    .map(|(child, _)| saved_proc(child))
+                    .collect();
+                Some(SavedBinding {
+                    id: binding.id,
+                    uid,
+                    name: spec.name.clone(),
+                    boot_id: boot_id.clone(),
+                    parent: saved_proc(&spec.parent),
+                    children,
+                    signal: spec.signal.to_string(),
+                    grace: spec.grace.to_string(),
+                    kill: spec.kill.to_string(),
+                })
+            })
+            .collect()
     }
 
     /// Opens, proves and registers every process of `spec`, and acts at
     /// once when the parent is already gone. Returns `None` (after logging
     /// why) when the binding cannot be held at all.
-    fn add(&mut self, spec: Rc<BindingSpec>) -> Option<BindingId> {
+    fn add(&mut self, spec: Rc<BindingSpec>, origin: Origin) -> Option<BindingId> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.add_with_id(spec, origin, id)
+    }
+
+    fn add_with_id(&mut self, spec: Rc<BindingSpec>, origin: Origin, public_id: u64) -> Option<BindingId> {
         let label = format!("binding {}", spec.label());
         if spec.children.len() > MAX_CHILDREN {
             error!("{label}: {} children is more than the {MAX_CHILDREN} a binding may have", spec.children.len());
@@ -367,7 +521,23 @@ impl Daemon {
                 }
             }
         }
+        self.insert(spec, origin, public_id, parent, children, &label)
+    }
+
+    /// Stores a binding whose processes are open and proven, registers them
+    /// and acts at once if the parent is already gone.
+    fn insert(
+        &mut self,
+        spec: Rc<BindingSpec>,
+        origin: Origin,
+        public_id: u64,
+        parent: Option<Member<Handle>>,
+        children: Vec<Option<Member<Handle>>>,
+        label: &str,
+    ) -> Option<BindingId> {
         let binding = Binding {
+            id: public_id,
+            origin,
             spec,
             parent,
             children,
@@ -381,6 +551,10 @@ impl Daemon {
             error!("{label}: cannot register with the event loop: {err}; binding not held");
             self.remove(id, "registration failed");
             return None;
+        }
+        self.ids.insert(public_id, id);
+        if matches!(origin, Origin::Socket { .. }) {
+            self.state_dirty = true;
         }
         let binding = self.bindings.get_mut(id)?;
         if binding.n_live_children() == 0 {
@@ -415,7 +589,20 @@ impl Daemon {
     /// config, or the pin recorded when the daemon first saw the pid. A pid
     /// seen for the first time is pinned now.
     fn open_member(&mut self, spec: &ProcSpec) -> Result<Proven, String> {
-        let (handle, identity) = match self.watcher.open(spec.pid) {
+        let opened = self.watcher.open(spec.pid);
+        self.prove(spec, opened, "the configured pin")
+    }
+
+    /// Checks an opened process against the pins of `spec` (see
+    /// [`Daemon::open_member`]); `pin_source` names where explicit pins
+    /// came from, for the log.
+    fn prove(
+        &mut self,
+        spec: &ProcSpec,
+        opened: Result<(Handle, Identity), OpenError>,
+        pin_source: &str,
+    ) -> Result<Proven, String> {
+        let (handle, identity) = match opened {
             Ok(opened) => opened,
             Err(OpenError::Gone) => return Ok(Proven::Gone("no such process".into())),
             Err(err @ OpenError::Failed(_)) => return Err(err.to_string()),
@@ -427,7 +614,7 @@ impl Daemon {
             ));
         }
         let mismatch = if spec.start.is_some() || spec.inode.is_some() {
-            pin_mismatch(spec.start, spec.inode, identity, "the configured pin")
+            pin_mismatch(spec.start, spec.inode, identity, pin_source)
         } else {
             match self.pins.get(spec.pid) {
                 Some(Pin::ThisBoot(pin)) => pin_mismatch(Some(pin.start), pin.inode, identity, "the pin recorded when tetherd first saw it"),
@@ -446,6 +633,7 @@ impl Daemon {
             Some(why) => Ok(Proven::Gone(why)),
             None => Ok(Proven::Live(Member {
                 pid: spec.pid,
+                identity,
                 handle,
             })),
         }
@@ -592,12 +780,18 @@ impl Daemon {
         }
     }
 
-    /// Marks a binding done and closes whatever it still holds. The record
-    /// stays, so a reload sees it as unchanged and does not act on it again.
+    /// Marks a binding done and closes whatever it still holds. A config
+    /// binding's record stays, so a reload sees it as unchanged and does
+    /// not act on it again; a socket binding is forgotten.
     fn finish(&mut self, id: BindingId) {
         let Some(binding) = self.bindings.get_mut(id) else {
             return;
         };
+        if matches!(binding.origin, Origin::Socket { .. }) {
+            debug!("{}: done", binding.label());
+            self.bindings.remove(id).map(|b| self.close(b));
+            return;
+        }
         if let Some(parent) = binding.parent.take() {
             let _ = self.watcher.deregister(self.poll.registry(), &parent.handle);
         }
@@ -611,20 +805,33 @@ impl Daemon {
 
     /// Drops a binding entirely, cancelling any pending escalation.
     fn remove(&mut self, id: BindingId, why: &str) {
-        let Some(mut binding) = self.bindings.remove(id) else {
+        let Some(binding) = self.bindings.remove(id) else {
             return;
         };
+        let label = binding.label();
+        let phase = binding.phase;
+        self.close(binding);
+        match phase {
+            Phase::Signalled { deadline: Some(_) } => {
+                info!("{label}: removed ({why}); its pending SIGKILL is cancelled")
+            }
+            _ => info!("{label}: removed ({why})"),
+        }
+    }
+
+    /// Releases everything a binding removed from the slab holds.
+    fn close(&mut self, mut binding: Binding<Handle>) {
         if let Some(parent) = binding.parent.take() {
             let _ = self.watcher.deregister(self.poll.registry(), &parent.handle);
         }
         for slot in binding.children.iter_mut() {
             release(&mut self.watcher, &self.poll, slot);
         }
-        match binding.phase {
-            Phase::Signalled { deadline: Some(_) } => {
-                info!("{}: removed ({why}); its pending SIGKILL is cancelled", binding.label())
-            }
-            _ => info!("{}: removed ({why})", binding.label()),
+        if self.ids.get(&binding.id).is_some_and(|&bid| self.bindings.get(bid).is_none()) {
+            self.ids.remove(&binding.id);
+        }
+        if matches!(binding.origin, Origin::Socket { .. }) {
+            self.state_dirty = true;
         }
     }
 }
@@ -664,4 +871,45 @@ fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map(|s| s.as_str().to_owned())
         .unwrap_or_else(|_| sig.to_string())
+}
+
+/// A saved process as a pinned spec.
+fn saved_proc(spec: &ProcSpec) -> SavedProc {
+    SavedProc {
+        pid: spec.pid.get(),
+        start: spec.start.unwrap_or_default(),
+        inode: spec.inode,
+    }
+}
+
+/// Rebuilds the spec of a socket binding from the state file.
+fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
+    let proc = |p: &SavedProc| -> Result<ProcSpec, String> {
+        Ok(ProcSpec {
+            pid: Pid::try_from(i64::from(p.pid))?,
+            start: Some(p.start),
+            inode: p.inode,
+        })
+    };
+    Ok(BindingSpec {
+        name: saved.name.clone(),
+        parent: proc(&saved.parent)?,
+        children: saved.children.iter().map(proc).collect::<Result<_, _>>()?,
+        signal: parse_signal(&saved.signal)?,
+        grace: parse_duration(&saved.grace)?,
+        kill: parse_kill(&saved.kill)?,
+    })
+}
+
+/// The kill modes this version can carry out.
+pub fn parse_kill(mode: &str) -> Result<KillMode, String> {
+    match mode {
+        "process" => Ok(KillMode::Process),
+        "group" | "tree" => Err(format!(
+            "kill mode \"{mode}\" is not available in this version (only \"process\")"
+        )),
+        other => Err(format!(
+            "unknown kill mode \"{other}\" (expected \"process\", \"group\" or \"tree\")"
+        )),
+    }
 }

@@ -1,10 +1,14 @@
 //! The state file: what the daemon must remember across restarts.
 //!
-//! Today that is the identity pins of configured pids that the config did
-//! not pin itself: the first time the daemon sees such a pid it records the
-//! process's identity, so that the same config line read after the process
-//! died (or after a reboot) can never be taken to mean whoever has the pid
-//! now. Each pin carries the boot id it was taken in.
+//! Two things: the bindings made over the control socket (each process
+//! pinned to the identity proven at bind time, written before the client
+//! is told OK), and the identity pins of configured pids that the config
+//! did not pin itself: the first time the daemon sees such a pid it records
+//! the process's identity, so that the same config line read after the
+//! process died (or after a reboot) can never be taken to mean whoever has
+//! the pid now. Pins and bindings carry the boot id they were taken in; a
+//! binding from an earlier boot is dropped at restore, since none of its
+//! processes can still exist.
 //!
 //! The file is JSON, written atomically (temporary file, fsync, rename,
 //! fsync of the directory). A file that cannot be parsed is moved aside
@@ -94,7 +98,62 @@ pub struct StateFile {
 struct OnDisk {
     version: u32,
     #[serde(default)]
+    next_id: u64,
+    #[serde(default)]
     pins: Vec<PinRecord>,
+    #[serde(default)]
+    bindings: Vec<SavedBinding>,
+}
+
+/// A socket binding as the state file keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedBinding {
+    /// Its id.
+    pub id: u64,
+    /// The uid that made it.
+    pub uid: u32,
+    /// Its label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The boot it was made in.
+    pub boot_id: String,
+    /// The parent, pinned.
+    pub parent: SavedProc,
+    /// The children, pinned.
+    pub children: Vec<SavedProc>,
+    /// Signal name.
+    pub signal: String,
+    /// Grace, as in the config ("5s", "never").
+    pub grace: String,
+    /// Kill mode.
+    pub kill: String,
+}
+
+/// A pinned process of a saved binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedProc {
+    /// Its pid.
+    pub pid: i32,
+    /// Its start time.
+    pub start: u64,
+    /// Its pidfs inode, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
+}
+
+/// What the state file held.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Pins of configured pids.
+    pub pins: Pins,
+    /// Socket bindings to restore.
+    pub bindings: Vec<SavedBinding>,
+    /// The next binding id to hand out.
+    pub next_id: u64,
+    /// Why the file was not used, if it was not.
+    pub warning: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,20 +177,28 @@ impl StateFile {
         &self.path
     }
 
-    /// Reads the pins. A missing file is an empty state. A file that
-    /// cannot be read or parsed is moved aside (the returned warning says
-    /// where) and an empty state is returned.
-    pub fn load(&self) -> (Pins, Option<String>) {
+    /// The id of the current boot.
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// Reads the state. A missing file is an empty state. A file that
+    /// cannot be read or parsed is moved aside (the warning says where) and
+    /// an empty state is returned.
+    pub fn load(&self) -> Loaded {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return (Pins::default(), None),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Loaded::default(),
             Err(err) => {
                 let warning = format!("{}: cannot read the state file: {err}; starting without it", self.path.display());
-                return (Pins::default(), Some(warning));
+                return Loaded {
+                    warning: Some(warning),
+                    ..Loaded::default()
+                };
             }
         };
         match self.decode(&bytes) {
-            Ok(pins) => (pins, None),
+            Ok(loaded) => loaded,
             Err(why) => {
                 let aside = self.set_aside();
                 let warning = match aside {
@@ -145,12 +212,15 @@ impl StateFile {
                         self.path.display()
                     ),
                 };
-                (Pins::default(), Some(warning))
+                Loaded {
+                    warning: Some(warning),
+                    ..Loaded::default()
+                }
             }
         }
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Pins, String> {
+    fn decode(&self, bytes: &[u8]) -> Result<Loaded, String> {
         let on_disk: OnDisk = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
         if on_disk.version != STATE_VERSION {
             return Err(format!("version {} (this tetherd reads version {STATE_VERSION})", on_disk.version));
@@ -172,7 +242,12 @@ impl StateFile {
             };
             pins.map.insert(pid, pin);
         }
-        Ok(pins)
+        Ok(Loaded {
+            pins,
+            bindings: on_disk.bindings,
+            next_id: on_disk.next_id,
+            warning: None,
+        })
     }
 
     fn set_aside(&self) -> io::Result<PathBuf> {
@@ -187,8 +262,8 @@ impl StateFile {
         Ok(to)
     }
 
-    /// Writes `pins` atomically and marks them clean.
-    pub fn save(&self, pins: &mut Pins) -> io::Result<()> {
+    /// Writes the state atomically and marks the pins clean.
+    pub fn save(&self, pins: &mut Pins, bindings: Vec<SavedBinding>, next_id: u64) -> io::Result<()> {
         let mut records: Vec<PinRecord> = pins
             .map
             .iter()
@@ -208,7 +283,9 @@ impl StateFile {
         records.sort_by_key(|r| r.pid);
         let on_disk = OnDisk {
             version: STATE_VERSION,
+            next_id,
             pins: records,
+            bindings,
         };
         let bytes = serde_json::to_vec_pretty(&on_disk).map_err(io::Error::other)?;
         write_atomically(&self.path, &bytes)?;
@@ -262,15 +339,28 @@ mod tests {
         let file = StateFile::new(path.clone(), "boot-a".into());
         let mut pins = Pins::default();
         pins.record(pid(100), Identity { start: 5, inode: Some(9) });
-        file.save(&mut pins).unwrap();
+        let saved = SavedBinding {
+            id: 7,
+            uid: 1000,
+            name: Some("qemu".into()),
+            boot_id: "boot-a".into(),
+            parent: SavedProc { pid: 10, start: 1, inode: None },
+            children: vec![SavedProc { pid: 11, start: 2, inode: Some(3) }],
+            signal: "SIGTERM".into(),
+            grace: "5s".into(),
+            kill: "process".into(),
+        };
+        file.save(&mut pins, vec![saved.clone()], 8).unwrap();
         assert!(!pins.is_dirty());
 
-        let (same_boot, warning) = file.load();
-        assert!(warning.is_none());
-        assert_eq!(same_boot.get(pid(100)), Some(&Pin::ThisBoot(Identity { start: 5, inode: Some(9) })));
+        let same_boot = file.load();
+        assert!(same_boot.warning.is_none());
+        assert_eq!(same_boot.pins.get(pid(100)), Some(&Pin::ThisBoot(Identity { start: 5, inode: Some(9) })));
+        assert_eq!(same_boot.bindings, vec![saved]);
+        assert_eq!(same_boot.next_id, 8);
 
-        let (other_boot, _) = StateFile::new(path, "boot-b".into()).load();
-        assert!(matches!(other_boot.get(pid(100)), Some(Pin::EarlierBoot { boot_id, .. }) if &**boot_id == "boot-a"));
+        let other_boot = StateFile::new(path, "boot-b".into()).load();
+        assert!(matches!(other_boot.pins.get(pid(100)), Some(Pin::EarlierBoot { boot_id, .. }) if &**boot_id == "boot-a"));
     }
 
     #[test]
@@ -278,9 +368,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         fs::write(&path, b"{not json").unwrap();
-        let (pins, warning) = StateFile::new(path.clone(), "b".into()).load();
-        assert!(pins.is_empty());
-        let warning = warning.unwrap();
+        let loaded = StateFile::new(path.clone(), "b".into()).load();
+        assert!(loaded.pins.is_empty());
+        let warning = loaded.warning.unwrap();
         assert!(warning.contains("corrupt state file"), "{warning}");
         assert!(!path.exists());
         let moved: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
@@ -292,7 +382,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         fs::write(&path, br#"{"version": 99, "pins": []}"#).unwrap();
-        let (_, warning) = StateFile::new(path, "b".into()).load();
-        assert!(warning.unwrap().contains("version 99"));
+        let loaded = StateFile::new(path, "b".into()).load();
+        assert!(loaded.warning.unwrap().contains("version 99"));
     }
 }

@@ -1,5 +1,5 @@
 //! Linux system calls without safe wrappers in nix 0.32: `pidfd_open` and
-//! `pidfd_send_signal`.
+//! `pidfd_send_signal`, and what tetherctl needs to pass a pidfd.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -144,3 +144,35 @@ pub fn send_with_fds(
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
     Ok(sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)?)
 }
+
+/// Arms the kernel's parent-death signal for the calling process: the
+/// kernel sends `sig` when the parent exits. Returns `Ok(false)` where the
+/// OS has no such mechanism.
+///
+/// On Linux (`PR_SET_PDEATHSIG`) "parent" means the *thread* that forked
+/// us, and the setting is cleared on set-uid/set-gid exec; callers must
+/// say so to the user.
+pub fn arm_parent_death_signal(sig: nix::sys::signal::Signal) -> io::Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        nix::sys::prctl::set_pdeathsig(sig)?;
+        Ok(true)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = sig;
+        Ok(false)
+    }
+}
+
+/// How many descriptors this process has open.
+pub fn count_open_fds() -> io::Result<u64> {
+    let dir = if cfg!(any(target_os = "linux", target_os = "android")) {
+        "/proc/self/fd"
+    } else {
+        "/dev/fd"
+    };
+    // The directory handle itself is one of the entries.
+    let n = std::fs::read_dir(dir)?.count().saturating_sub(1);
+    Ok(u64::try_from(n).unwrap_or(u64::MAX))
+}

@@ -155,6 +155,7 @@ pub struct TestDaemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub state: PathBuf,
+    pub socket: PathBuf,
     pub log: PathBuf,
 }
 
@@ -177,6 +178,7 @@ impl TestDaemon {
             child: None,
             config: path,
             state: dir.path().join("state/state.json"),
+            socket: dir.path().join("run/tether.sock"),
             log: dir.path().join("tetherd.log"),
             dir,
         };
@@ -199,6 +201,8 @@ impl TestDaemon {
             .arg(&self.config)
             .arg("--state")
             .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())

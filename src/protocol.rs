@@ -1,0 +1,206 @@
+//! The control protocol between `tetherctl` (or any program) and `tetherd`.
+//!
+//! One JSON object per line each way over a Unix stream socket; every
+//! message carries `"v": 1`. The client sends one request and reads one
+//! response per line; it may send several requests on one connection. These
+//! are the only serde types the running daemon handles, and they never
+//! reach the event loop's own data: the daemon turns a request into a
+//! validated `BindingSpec` first. docs/protocol.md is the reference.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+
+/// The longest request line the daemon accepts, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The most descriptors a request may carry (parent and children pidfds).
+pub const MAX_FDS: usize = 16;
+
+/// A request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Must be [`VERSION`].
+    pub v: u32,
+    /// What to do.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// The operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Op {
+    /// Create a binding; answered with its id.
+    Bind(BindRequest),
+    /// Remove a binding.
+    Unbind {
+        /// The binding's id.
+        id: u64,
+    },
+    /// List the bindings the caller may see.
+    List,
+    /// Daemon status.
+    Status,
+    /// Re-read the configuration file.
+    Reload,
+}
+
+/// A process named in a bind request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcRef {
+    /// The pid, in the daemon's pid namespace.
+    pub pid: i32,
+    /// Optional start-time pin (clock ticks since boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    /// Index into the descriptors passed with the request (SCM_RIGHTS):
+    /// a pidfd the caller opened on this process. The daemon then uses that
+    /// very process, so no pid can be reused between the caller's decision
+    /// and the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pidfd: Option<usize>,
+}
+
+/// The body of a bind request. Absent options take the daemon's
+/// `[defaults]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindRequest {
+    /// The process watched.
+    pub parent: ProcRef,
+    /// The processes signalled when the parent exits.
+    pub children: Vec<ProcRef>,
+    /// Label for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Signal name or number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Grace before SIGKILL: "5s", "500ms", "never".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<String>,
+    /// Kill mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill: Option<String>,
+    /// Refuse the binding (instead of acting at once) if the parent has
+    /// already exited. `tetherctl exec` sets it: its command is not started
+    /// when the launcher is already gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_live_parent: bool,
+}
+
+/// A response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// [`VERSION`].
+    pub v: u32,
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// What went wrong (when `ok` is false), one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Further error lines (a refused reload's configuration errors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// The new binding's id (bind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The bindings (list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bindings: Option<Vec<BindingInfo>>,
+    /// The daemon's status (status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusInfo>,
+    /// What a reload did (reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadInfo>,
+}
+
+impl Response {
+    /// A bare success.
+    pub fn ok() -> Response {
+        Response {
+            v: VERSION,
+            ok: true,
+            error: None,
+            errors: Vec::new(),
+            id: None,
+            bindings: None,
+            status: None,
+            reload: None,
+        }
+    }
+
+    /// A failure with a one-line reason.
+    pub fn error(message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+            ..Response::ok()
+        }
+    }
+}
+
+/// One binding as `list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingInfo {
+    /// Its id.
+    pub id: u64,
+    /// Its label, if named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// "config" or "socket".
+    pub origin: String,
+    /// The uid that made it (0 for the configuration file).
+    pub uid: u32,
+    /// The parent's pid.
+    pub parent: i32,
+    /// The children's pids.
+    pub children: Vec<i32>,
+    /// Signal name.
+    pub signal: String,
+    /// Grace.
+    pub grace: String,
+    /// Kill mode.
+    pub kill: String,
+    /// "armed", "signalled", "killed" or "done".
+    pub phase: String,
+}
+
+/// The daemon's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// tetherd's version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// The watch backend.
+    pub backend: String,
+    /// Bindings held, in any phase.
+    pub bindings: u64,
+    /// Bindings still watching their parent.
+    pub armed: u64,
+    /// Descriptors open now.
+    pub fds_in_use: u64,
+    /// The descriptor limit.
+    pub fds_allowed: u64,
+    /// The daemon's pid.
+    pub pid: u32,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadInfo {
+    /// Bindings added.
+    pub added: u64,
+    /// Bindings removed.
+    pub removed: u64,
+    /// Bindings left as they were.
+    pub unchanged: u64,
+    /// Bindings that could not be held.
+    pub failed: u64,
+}
