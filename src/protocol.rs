@@ -19,14 +19,39 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub const MAX_FDS: usize = 16;
 
 /// A request line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Request {
     /// Must be [`VERSION`].
     pub v: u32,
     /// What to do.
     #[serde(flatten)]
     pub op: Op,
+}
+
+impl Request {
+    /// Parses a request line: `v` must be [`VERSION`], `op` one of the
+    /// operations, and no other key may appear.
+    pub fn parse(line: &[u8]) -> Result<Request, String> {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        let object = value
+            .as_object_mut()
+            .ok_or_else(|| "a request is a JSON object".to_string())?;
+        let v = object
+            .remove("v")
+            .ok_or_else(|| "missing field `v` (the protocol version)".to_string())?;
+        let v = v
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| format!("`v` must be a version number, not {v}"))?;
+        if v != VERSION {
+            return Err(format!(
+                "unsupported protocol version {v} (this tetherd speaks {VERSION})"
+            ));
+        }
+        let op = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        Ok(Request { v, op })
+    }
 }
 
 /// The operations.

@@ -33,9 +33,11 @@ fn invalid_config_fails_check_with_every_error() {
         "{err}"
     );
     assert!(
-        lines.iter().any(|l| l.ends_with(
+        lines.iter().any(|l| {
+            l.ends_with(
             "bad.toml:8:10: binding \"qemu\": signal: \"SIGFOO\" is not a signal name (try SIGTERM)"
-        )),
+        )
+        }),
         "{err}"
     );
     assert!(err.contains("tetherd: 2 error(s) in"), "{err}");
@@ -52,7 +54,10 @@ fn syntax_error_names_line_and_column() {
 fn missing_named_config_is_an_error() {
     let (code, _, err) = run_tetherd(&["--check-config", "--config", "/nonexistent/tether.toml"]);
     assert_eq!(code, 2);
-    assert!(err.contains("/nonexistent/tether.toml: cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/tether.toml: cannot read"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -65,7 +70,10 @@ fn bad_usage_exits_2() {
 fn help_and_version() {
     let (code, out, _) = run_tetherd(&["--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("--check-config") && out.contains("Exit status"), "{out}");
+    assert!(
+        out.contains("--check-config") && out.contains("Exit status"),
+        "{out}"
+    );
     let (code, out, _) = run_tetherd(&["--version"]);
     assert_eq!(code, 0);
     assert_eq!(out.trim(), format!("tetherd {}", env!("CARGO_PKG_VERSION")));

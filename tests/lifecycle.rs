@@ -51,9 +51,15 @@ fn missing_default_config_means_no_bindings() {
         .spawn()
         .unwrap();
     let ready = wait_until(TIMEOUT, || {
-        fs::read_to_string(&log).unwrap_or_default().contains("ready: 0 bindings")
+        fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready: 0 bindings")
     });
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert!(ready, "{}", fs::read_to_string(&log).unwrap_or_default());
     assert_eq!(status.code(), Some(0));
@@ -86,7 +92,11 @@ fn corrupt_state_file_is_moved_aside_and_the_daemon_starts() {
     let aside = fs::read_dir(daemon.state.parent().unwrap())
         .unwrap()
         .filter_map(Result::ok)
-        .any(|e| e.file_name().to_string_lossy().contains("state.json.corrupt-"));
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains("state.json.corrupt-")
+        });
     assert!(aside, "the corrupt file must be kept for inspection");
     parent.kill9();
     assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM));
@@ -101,13 +111,20 @@ fn pins_survive_a_restart_and_a_parent_dead_meanwhile_is_acted_on() {
     // The parent dies while the daemon is down.
     parent.kill9();
     daemon.spawn(None);
-    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        Some(libc::SIGTERM),
+        "log:\n{}",
+        daemon.log_text()
+    );
 }
 
 #[test]
 fn running_out_of_descriptors_fails_some_bindings_and_serves_the_rest() {
     // 40 descriptors: the daemon's own few, then two per binding.
-    let mut pairs: Vec<(Proc, Proc)> = (0..30).map(|_| (Proc::sleeper(), Proc::sleeper())).collect();
+    let mut pairs: Vec<(Proc, Proc)> = (0..30)
+        .map(|_| (Proc::sleeper(), Proc::sleeper()))
+        .collect();
     let config: String = pairs
         .iter()
         .map(|(p, c)| binding(p.pid(), c.pid(), ""))
@@ -119,5 +136,10 @@ fn running_out_of_descriptors_fails_some_bindings_and_serves_the_rest() {
     // The first binding was armed before descriptors ran out.
     let (parent, child) = &mut pairs[0];
     parent.kill9();
-    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        Some(libc::SIGTERM),
+        "log:\n{}",
+        daemon.log_text()
+    );
 }

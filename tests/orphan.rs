@@ -13,7 +13,12 @@ fn child_gets_sigterm_when_parent_is_sigkilled() {
     let mut child = Proc::sleeper();
     let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), "name = \"web\""));
     parent.kill9();
-    assert_eq!(child.wait_signal(TIMEOUT), SIGTERM, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        SIGTERM,
+        "log:\n{}",
+        daemon.log_text()
+    );
     daemon.wait_log(&format!(
         "binding \"web\": parent {} exited; sent SIGTERM to child {}",
         parent.pid(),
@@ -27,7 +32,12 @@ fn configured_signal_is_the_one_sent() {
     let mut child = Proc::sleeper();
     let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), "signal = \"int\""));
     parent.kill9();
-    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGINT), "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        Some(libc::SIGINT),
+        "log:\n{}",
+        daemon.log_text()
+    );
 }
 
 #[test]
@@ -38,13 +48,24 @@ fn child_ignoring_sigterm_gets_sigkill_after_grace() {
     let killed_at = Instant::now();
     parent.kill9();
     daemon.wait_log("sent SIGTERM");
-    assert_eq!(child.wait_signal(TIMEOUT), SIGKILL, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        SIGKILL,
+        "log:\n{}",
+        daemon.log_text()
+    );
     let took = killed_at.elapsed();
     // The SIGKILL comes at about `grace`: not before it, and well before
     // the default of 5s.
-    assert!(took >= Duration::from_millis(950), "SIGKILL came early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(950),
+        "SIGKILL came early: {took:?}"
+    );
     assert!(took < Duration::from_secs(4), "SIGKILL came late: {took:?}");
-    daemon.wait_log(&format!("grace 1s over; sent SIGKILL to child {}", child.pid()));
+    daemon.wait_log(&format!(
+        "grace 1s over; sent SIGKILL to child {}",
+        child.pid()
+    ));
 }
 
 #[test]
@@ -56,7 +77,11 @@ fn grace_never_does_not_escalate() {
     daemon.wait_log("SIGKILL will not follow");
     // A binding with grace 1s would have escalated by now.
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(child.is_alive(), "child was killed; log:\n{}", daemon.log_text());
+    assert!(
+        child.is_alive(),
+        "child was killed; log:\n{}",
+        daemon.log_text()
+    );
     assert_eq!(daemon.count("SIGKILL to child"), 0);
 }
 
@@ -76,7 +101,12 @@ fn child_exiting_first_ends_the_binding() {
     // The parent's exit is no longer watched: no signal is sent, and the
     // daemon logs nothing about it.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(daemon.count("sent SIGTERM"), 0, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        daemon.count("sent SIGTERM"),
+        0,
+        "log:\n{}",
+        daemon.log_text()
+    );
     assert_eq!(daemon.count(&format!("parent {} exited", parent.pid())), 0);
 }
 
@@ -87,7 +117,12 @@ fn parent_already_dead_at_load_acts_at_once() {
     parent.kill9();
     let mut child = Proc::sleeper();
     let daemon = TestDaemon::start(&binding(parent_pid, child.pid(), ""));
-    assert_eq!(child.wait_signal(TIMEOUT), SIGTERM, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        SIGTERM,
+        "log:\n{}",
+        daemon.log_text()
+    );
     daemon.wait_log(&format!("parent {parent_pid} is gone at load"));
 }
 
@@ -104,7 +139,12 @@ fn every_child_of_a_binding_is_signalled() {
     let daemon = TestDaemon::start(&config);
     parent.kill9();
     for child in &mut children {
-        assert_eq!(child.wait_signal(TIMEOUT), SIGTERM, "log:\n{}", daemon.log_text());
+        assert_eq!(
+            child.wait_signal(TIMEOUT),
+            SIGTERM,
+            "log:\n{}",
+            daemon.log_text()
+        );
     }
 }
 
@@ -116,8 +156,18 @@ fn two_bindings_on_one_parent_both_fire() {
     let config = binding(parent.pid(), a.pid(), "") + &binding(parent.pid(), b.pid(), "");
     let daemon = TestDaemon::start(&config);
     parent.kill9();
-    assert_eq!(a.wait_signal(TIMEOUT), SIGTERM, "log:\n{}", daemon.log_text());
-    assert_eq!(b.wait_signal(TIMEOUT), SIGTERM, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        a.wait_signal(TIMEOUT),
+        SIGTERM,
+        "log:\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        b.wait_signal(TIMEOUT),
+        SIGTERM,
+        "log:\n{}",
+        daemon.log_text()
+    );
 }
 
 #[test]
@@ -131,7 +181,12 @@ fn parent_exiting_normally_also_fires() {
     let mut child = Proc::sleeper();
     let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), ""));
     std::fs::write(&fifo, "go\n").unwrap();
-    assert_eq!(child.wait_signal(TIMEOUT), SIGTERM, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        SIGTERM,
+        "log:\n{}",
+        daemon.log_text()
+    );
     assert_eq!(parent.try_status().and_then(|s| s.code()), Some(0));
     daemon.wait_log(&format!("parent {} exited", parent.pid()));
 }
@@ -146,10 +201,17 @@ fn wrong_child_pin_drops_the_child_unsignalled() {
         child.pid(),
         &format!("child_start = {wrong}"),
     ));
-    daemon.wait_log(&format!("child {} dropped, it will never be signalled", child.pid()));
+    daemon.wait_log(&format!(
+        "child {} dropped, it will never be signalled",
+        child.pid()
+    ));
     parent.kill9();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(child.is_alive(), "a mismatched child was signalled; log:\n{}", daemon.log_text());
+    assert!(
+        child.is_alive(),
+        "a mismatched child was signalled; log:\n{}",
+        daemon.log_text()
+    );
 }
 
 #[test]
@@ -160,9 +222,17 @@ fn wrong_parent_pin_counts_as_parent_exited() {
     let daemon = TestDaemon::start(&binding(
         parent.pid(),
         child.pid(),
-        &format!("parent_start = {wrong}\nchild_start = {}", child.start_time()),
+        &format!(
+            "parent_start = {wrong}\nchild_start = {}",
+            child.start_time()
+        ),
     ));
-    assert_eq!(child.wait_signal(TIMEOUT), SIGTERM, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        SIGTERM,
+        "log:\n{}",
+        daemon.log_text()
+    );
     daemon.wait_log("so it is another process");
 }
 
@@ -182,7 +252,12 @@ fn right_pins_are_accepted() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(child.is_alive());
     parent.kill9();
-    assert_eq!(child.wait_signal(TIMEOUT), SIGTERM, "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        SIGTERM,
+        "log:\n{}",
+        daemon.log_text()
+    );
 }
 
 #[test]

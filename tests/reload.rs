@@ -13,7 +13,11 @@ fn reload_adds_removes_and_keeps_unchanged_bindings_and_timers() {
     let (mut timer_p, mut timer_c) = (Proc::sleeper(), Proc::term_ignorer());
 
     let kept = binding(kept_p.pid(), kept_c.pid(), "name = \"kept\"");
-    let timer = binding(timer_p.pid(), timer_c.pid(), "name = \"timer\"\ngrace = \"2s\"");
+    let timer = binding(
+        timer_p.pid(),
+        timer_c.pid(),
+        "name = \"timer\"\ngrace = \"2s\"",
+    );
     let gone = binding(gone_p.pid(), gone_c.pid(), "name = \"gone\"");
     let added = binding(new_p.pid(), new_c.pid(), "name = \"added\"");
 
@@ -31,13 +35,32 @@ fn reload_adds_removes_and_keeps_unchanged_bindings_and_timers() {
     gone_p.kill9();
     // The added and the unchanged ones do.
     new_p.kill9();
-    assert_eq!(new_c.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+    assert_eq!(
+        new_c.wait_signal(TIMEOUT),
+        Some(libc::SIGTERM),
+        "log:\n{}",
+        daemon.log_text()
+    );
     kept_p.kill9();
-    assert_eq!(kept_c.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+    assert_eq!(
+        kept_c.wait_signal(TIMEOUT),
+        Some(libc::SIGTERM),
+        "log:\n{}",
+        daemon.log_text()
+    );
     // The timer that was running survived the reload.
-    assert_eq!(timer_c.wait_signal(TIMEOUT), Some(libc::SIGKILL), "log:\n{}", daemon.log_text());
+    assert_eq!(
+        timer_c.wait_signal(TIMEOUT),
+        Some(libc::SIGKILL),
+        "log:\n{}",
+        daemon.log_text()
+    );
     assert!(fired.elapsed() >= Duration::from_millis(1900));
-    assert!(gone_c.is_alive(), "a removed binding acted; log:\n{}", daemon.log_text());
+    assert!(
+        gone_c.is_alive(),
+        "a removed binding acted; log:\n{}",
+        daemon.log_text()
+    );
     // The unchanged binding was not re-armed: one "gone at load" would show.
     assert_eq!(daemon.count("gone at load"), 0);
 }
@@ -51,7 +74,12 @@ fn broken_config_on_reload_keeps_the_old_one() {
     daemon.wait_log("reload refused: 2 error(s)");
     daemon.wait_log("tether.toml:2:10: binding 1: parent: pid 1 cannot be bound");
     parent.kill9();
-    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM), "log:\n{}", daemon.log_text());
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        Some(libc::SIGTERM),
+        "log:\n{}",
+        daemon.log_text()
+    );
 }
 
 #[test]

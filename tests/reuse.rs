@@ -84,7 +84,16 @@ fn reused_child_pid_is_never_signalled() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "bash", "-c", SCRIPT, "reuse"])
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "bash",
+            "-c",
+            SCRIPT,
+            "reuse",
+        ])
         .arg(TETHERD)
         .arg(dir.path())
         .output()
@@ -101,7 +110,14 @@ fn reused_child_pid_is_never_signalled() {
     }
     let log = std::fs::read_to_string(dir.path().join("tetherd.log")).unwrap_or_default();
     assert!(!stdout.contains("FAIL"), "{stdout}\n{stderr}\nlog:\n{log}");
-    assert_eq!(stdout.matches("OK innocent").count(), 2, "{stdout}\n{stderr}\nlog:\n{log}");
+    assert_eq!(
+        stdout.matches("OK innocent").count(),
+        2,
+        "{stdout}\n{stderr}\nlog:\n{log}"
+    );
     assert!(stdout.contains("EXIT 0"), "{stdout}");
-    assert!(log.contains("the pin recorded when tetherd first saw it"), "{log}");
+    assert!(
+        log.contains("the pin recorded when tetherd first saw it"),
+        "{log}"
+    );
 }

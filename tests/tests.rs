@@ -18,6 +18,7 @@
 mod util;
 
 mod check;
+mod control;
 mod lifecycle;
 mod orphan;
 mod reload;

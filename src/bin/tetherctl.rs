@@ -144,14 +144,13 @@ fn parse_proc(s: &str) -> Result<ProcRef, String> {
     let pid: i32 = pid
         .parse()
         .map_err(|_| format!("\"{pid}\" is not a pid (expected PID or PID:START)"))?;
-    let start = match start {
-        Some(start) => Some(
-            start
-                .parse::<u64>()
-                .map_err(|_| format!("\"{start}\" is not a start time (clock ticks since boot)"))?,
-        ),
-        None => None,
-    };
+    let start =
+        match start {
+            Some(start) => Some(start.parse::<u64>().map_err(|_| {
+                format!("\"{start}\" is not a start time (clock ticks since boot)")
+            })?),
+            None => None,
+        };
     Ok(ProcRef {
         pid,
         start,
@@ -226,14 +225,26 @@ fn request(socket: &PathBuf, op: Op, fds: &[BorrowedFd<'_>]) -> Result<Response,
         }
     }
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io_err)?;
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(io_err)?;
     if reply.is_empty() {
-        return Err((Exit::NoDaemon, format!("{}: the daemon closed the connection", socket.display())));
+        return Err((
+            Exit::NoDaemon,
+            format!("{}: the daemon closed the connection", socket.display()),
+        ));
     }
-    let response: Response = serde_json::from_str(&reply)
-        .map_err(|err| (Exit::Refused, format!("unreadable answer from the daemon: {err}")))?;
+    let response: Response = serde_json::from_str(&reply).map_err(|err| {
+        (
+            Exit::Refused,
+            format!("unreadable answer from the daemon: {err}"),
+        )
+    })?;
     if !response.ok {
-        let mut message = response.error.clone().unwrap_or_else(|| "request refused".into());
+        let mut message = response
+            .error
+            .clone()
+            .unwrap_or_else(|| "request refused".into());
         for line in &response.errors {
             message.push_str("\n  ");
             message.push_str(line);
@@ -259,7 +270,12 @@ fn bind_request(parent: ProcRef, children: Vec<ProcRef>, options: BindingOptions
     }
 }
 
-fn bind(socket: &PathBuf, parent: ProcRef, children: Vec<ProcRef>, options: BindingOptions) -> Outcome {
+fn bind(
+    socket: &PathBuf,
+    parent: ProcRef,
+    children: Vec<ProcRef>,
+    options: BindingOptions,
+) -> Outcome {
     let response = simple(socket, Op::Bind(bind_request(parent, children, options)))?;
     match response.id {
         Some(id) => {
@@ -285,7 +301,9 @@ fn list(socket: &PathBuf, json: bool) -> Outcome {
 
 /// The `list` table: one line per binding, columns padded to fit.
 fn table(bindings: &[BindingInfo]) -> String {
-    let header = ["ID", "NAME", "ORIGIN", "UID", "PARENT", "CHILDREN", "SIGNAL", "GRACE", "KILL", "PHASE"];
+    let header = [
+        "ID", "NAME", "ORIGIN", "UID", "PARENT", "CHILDREN", "SIGNAL", "GRACE", "KILL", "PHASE",
+    ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| (*s).to_owned()).collect()];
     for b in bindings {
         let children: Vec<String> = b.children.iter().map(|c| c.to_string()).collect();
@@ -295,7 +313,11 @@ fn table(bindings: &[BindingInfo]) -> String {
             b.origin.clone(),
             b.uid.to_string(),
             b.parent.to_string(),
-            if children.is_empty() { "-".into() } else { children.join(",") },
+            if children.is_empty() {
+                "-".into()
+            } else {
+                children.join(",")
+            },
             b.signal.clone(),
             b.grace.clone(),
             b.kill.clone(),
@@ -327,7 +349,8 @@ fn status(socket: &PathBuf, json: bool) -> Outcome {
         return Err((Exit::Refused, "the daemon answered without a status".into()));
     };
     if json {
-        let text = serde_json::to_string_pretty(&status).map_err(|err| (Exit::Refused, err.to_string()))?;
+        let text = serde_json::to_string_pretty(&status)
+            .map_err(|err| (Exit::Refused, err.to_string()))?;
         println!("{text}");
         return Ok(Exit::Ok);
     }
@@ -335,8 +358,14 @@ fn status(socket: &PathBuf, json: bool) -> Outcome {
     println!("pid:          {}", status.pid);
     println!("uptime:       {}s", status.uptime_secs);
     println!("backend:      {}", status.backend);
-    println!("bindings:     {} ({} watching their parent)", status.bindings, status.armed);
-    println!("descriptors:  {} in use of {} allowed", status.fds_in_use, status.fds_allowed);
+    println!(
+        "bindings:     {} ({} watching their parent)",
+        status.bindings, status.armed
+    );
+    println!(
+        "descriptors:  {} in use of {} allowed",
+        status.fds_in_use, status.fds_allowed
+    );
     Ok(Exit::Ok)
 }
 
@@ -373,17 +402,30 @@ fn exec(
         Some(p) => p.pid,
         None => nix::unistd::getppid().as_raw(),
     };
-    let gone = |why: &str| (Exit::ParentGone, format!("the parent {ppid} {why}; not starting {program}"));
-    let parent_fd: OwnedFd = tether::sys::linux::pidfd_open(ppid).map_err(|err| match err.raw_os_error() {
-        Some(libc::ESRCH) | Some(libc::EINVAL) => gone("is already gone"),
-        _ => (Exit::Refused, format!("cannot open the parent {ppid}: {err}")),
-    })?;
+    let gone = |why: &str| {
+        (
+            Exit::ParentGone,
+            format!("the parent {ppid} {why}; not starting {program}"),
+        )
+    };
+    let parent_fd: OwnedFd =
+        tether::sys::linux::pidfd_open(ppid).map_err(|err| match err.raw_os_error() {
+            Some(libc::ESRCH) | Some(libc::EINVAL) => gone("is already gone"),
+            _ => (
+                Exit::Refused,
+                format!("cannot open the parent {ppid}: {err}"),
+            ),
+        })?;
     if own_parent && nix::unistd::getppid().as_raw() != ppid {
         return Err(gone("exited before it could be watched"));
     }
     let me = nix::unistd::getpid().as_raw();
-    let self_fd: OwnedFd = tether::sys::linux::pidfd_open(me)
-        .map_err(|err| (Exit::Refused, format!("cannot open a pidfd on this process: {err}")))?;
+    let self_fd: OwnedFd = tether::sys::linux::pidfd_open(me).map_err(|err| {
+        (
+            Exit::Refused,
+            format!("cannot open a pidfd on this process: {err}"),
+        )
+    })?;
 
     let mut req = bind_request(
         ProcRef {

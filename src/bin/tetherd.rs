@@ -92,7 +92,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("tetherd: {} error(s) in {}", errors.0.len(), source.path.display());
+            eprintln!(
+                "tetherd: {} error(s) in {}",
+                errors.0.len(),
+                source.path.display()
+            );
             return Exit::Config.into();
         }
     };
@@ -159,7 +163,12 @@ fn init_logging(level: log::LevelFilter) -> bool {
             };
             writeln!(buf, "<{prio}>{}", record.args())
         } else {
-            writeln!(buf, "tetherd: {}: {}", record.level().as_str().to_lowercase(), record.args())
+            writeln!(
+                buf,
+                "tetherd: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            )
         }
     });
     builder.target(env_logger::Target::Stderr);

@@ -68,6 +68,15 @@ impl Origin {
     }
 }
 
+/// `binding "name"` or `binding PARENT->CHILD`, with the id and uid for
+/// socket bindings.
+pub fn label(spec: &BindingSpec, origin: Origin, id: u64) -> String {
+    match origin {
+        Origin::Config => format!("binding {}", spec.label()),
+        Origin::Socket { uid } => format!("binding {} #{id} (uid {uid})", spec.label()),
+    }
+}
+
 /// Where a binding is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -120,10 +129,7 @@ impl<H> Binding<H> {
     /// `binding "name"` or `binding PARENT->CHILD`, with the id for socket
     /// bindings.
     pub fn label(&self) -> String {
-        match self.origin {
-            Origin::Config => format!("binding {}", self.spec.label()),
-            Origin::Socket { uid } => format!("binding {} #{} (uid {uid})", self.spec.label(), self.id),
-        }
+        label(&self.spec, self.origin, self.id)
     }
 
     /// The number of children still held.
@@ -198,7 +204,10 @@ impl<H> Bindings<H> {
                 generation: 0,
                 binding: Some(binding),
             });
-            BindingId { slot, generation: 0 }
+            BindingId {
+                slot,
+                generation: 0,
+            }
         };
         self.n_live += 1;
         Some(id)
@@ -318,7 +327,10 @@ mod tests {
         bindings.remove(a);
         let c = bindings.insert(binding(30)).unwrap();
         assert_ne!(a, c);
-        assert!(bindings.get(a).is_none(), "a stale id must not reach the new binding");
+        assert!(
+            bindings.get(a).is_none(),
+            "a stale id must not reach the new binding"
+        );
         assert!(bindings.remove(a).is_none());
         assert_eq!(bindings.get(c).map(|b| b.spec.parent.pid.get()), Some(30));
     }

@@ -52,14 +52,20 @@ impl ControlSocket {
     /// it is an error, and so is any other kind of file.
     pub fn bind(path: &Path) -> io::Result<ControlSocket> {
         let root = nix::unistd::geteuid().is_root();
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         prepare_dir(dir, root)?;
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
-                        format!("{}: another tetherd is already serving this socket", path.display()),
+                        format!(
+                            "{}: another tetherd is already serving this socket",
+                            path.display()
+                        ),
                     ));
                 }
                 // Stale: left by a daemon that did not exit cleanly.
@@ -68,7 +74,10 @@ impl ControlSocket {
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AlreadyExists,
-                    format!("{}: exists and is not a socket; refusing to replace it", path.display()),
+                    format!(
+                        "{}: exists and is not a socket; refusing to replace it",
+                        path.display()
+                    ),
                 ))
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -123,9 +132,10 @@ fn prepare_dir(dir: &Path, root: bool) -> io::Result<()> {
     match fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new().recursive(true).mode(mode).create(dir)?
-        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)?,
         Err(err) => return Err(err),
     }
     let meta = fs::symlink_metadata(dir)?;
@@ -202,7 +212,11 @@ impl Conn {
 
     /// Registers the connection under `token`.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        registry.register(&mut self.stream, token, Interest::READABLE | Interest::WRITABLE)
+        registry.register(
+            &mut self.stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )
     }
 
     /// Deregisters the connection.

@@ -37,8 +37,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{
-    self, parse_duration, parse_signal, BindingSpec, Config, ConfigErrors, Defaults, Grace, KillMode, Pid, ProcSpec,
-    Signal, Trust,
+    self, parse_duration, parse_signal, BindingSpec, Config, ConfigErrors, Defaults, Grace,
+    KillMode, Pid, ProcSpec, Signal, Trust,
 };
 use crate::protocol::ReloadInfo;
 use crate::watch::{Backend, Delivery, Identity, OpenError, Watcher};
@@ -162,7 +162,8 @@ impl Daemon {
         })?;
         let poll = Poll::new()?;
         let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
-        poll.registry().register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
         let state_path = options
             .state_path
             .clone()
@@ -179,8 +180,12 @@ impl Daemon {
             .clone()
             .or_else(|| config.daemon.socket.clone())
             .unwrap_or_else(crate::paths::default_socket);
-        let mut control = ControlSocket::bind(&socket_path)
-            .map_err(|err| io::Error::new(err.kind(), format!("control socket {}: {err}", socket_path.display())))?;
+        let mut control = ControlSocket::bind(&socket_path).map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("control socket {}: {err}", socket_path.display()),
+            )
+        })?;
         control.register(poll.registry(), LISTENER_TOKEN)?;
         let mut daemon = Daemon {
             poll,
@@ -246,7 +251,11 @@ impl Daemon {
                 if token == SIGNAL_TOKEN {
                     if let Some(stop) = self.handle_signals() {
                         self.commit();
-                        info!("stopping on {}; {} bindings left unwatched, children untouched", signal_name(stop), self.bindings.len());
+                        info!(
+                            "stopping on {}; {} bindings left unwatched, children untouched",
+                            signal_name(stop),
+                            self.bindings.len()
+                        );
                         return Ok(Stop::Signal(stop));
                     }
                 } else if token == LISTENER_TOKEN {
@@ -278,7 +287,12 @@ impl Daemon {
             return Some(Duration::ZERO);
         }
         let escalation = self.timers.peek().map(|Reverse((deadline, _))| *deadline);
-        let idle = self.conns.iter().flatten().map(|c| c.last_active + IDLE_TIMEOUT).min();
+        let idle = self
+            .conns
+            .iter()
+            .flatten()
+            .map(|c| c.last_active + IDLE_TIMEOUT)
+            .min();
         let deadline = match (escalation, idle) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
@@ -373,7 +387,9 @@ impl Daemon {
         let named: HashSet<Pid> = self
             .by_spec
             .keys()
-            .flat_map(|spec| std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid)))
+            .flat_map(|spec| {
+                std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid))
+            })
             .collect();
         self.pins.retain(|pid| named.contains(&pid));
         if let Err(err) = self.save_state() {
@@ -418,13 +434,19 @@ impl Daemon {
                     }
                 }
                 Err(why) => {
-                    warn!("socket binding #{} in the state file dropped: {why}", binding.id);
+                    warn!(
+                        "socket binding #{} in the state file dropped: {why}",
+                        binding.id
+                    );
                     self.state_dirty = true;
                 }
             }
         }
         if n_saved > 0 {
-            info!("restored {n_saved} socket bindings from {}", self.state.path().display());
+            info!(
+                "restored {n_saved} socket bindings from {}",
+                self.state.path().display()
+            );
         }
     }
 
@@ -490,20 +512,34 @@ impl Daemon {
         self.add_with_id(spec, origin, id)
     }
 
-    fn add_with_id(&mut self, spec: Rc<BindingSpec>, origin: Origin, public_id: u64) -> Option<BindingId> {
-        let label = format!("binding {}", spec.label());
+    fn add_with_id(
+        &mut self,
+        spec: Rc<BindingSpec>,
+        origin: Origin,
+        public_id: u64,
+    ) -> Option<BindingId> {
+        let label = bindings::label(&spec, origin, public_id);
         if spec.children.len() > MAX_CHILDREN {
-            error!("{label}: {} children is more than the {MAX_CHILDREN} a binding may have", spec.children.len());
+            error!(
+                "{label}: {} children is more than the {MAX_CHILDREN} a binding may have",
+                spec.children.len()
+            );
             return None;
         }
         let parent = match self.open_member(&spec.parent) {
             Ok(Proven::Live(member)) => Some(member),
             Ok(Proven::Gone(why)) => {
-                info!("{label}: parent {} is gone at load ({why}); acting at once", spec.parent.pid);
+                info!(
+                    "{label}: parent {} is gone at load ({why}); acting at once",
+                    spec.parent.pid
+                );
                 None
             }
             Err(why) => {
-                error!("{label}: cannot watch parent {}: {why}; binding not held", spec.parent.pid);
+                error!(
+                    "{label}: cannot watch parent {}: {why}; binding not held",
+                    spec.parent.pid
+                );
                 return None;
             }
         };
@@ -512,11 +548,17 @@ impl Daemon {
             match self.open_member(child) {
                 Ok(Proven::Live(member)) => children.push(Some(member)),
                 Ok(Proven::Gone(why)) => {
-                    warn!("{label}: child {} dropped, it will never be signalled: {why}", child.pid);
+                    warn!(
+                        "{label}: child {} dropped, it will never be signalled: {why}",
+                        child.pid
+                    );
                     children.push(None);
                 }
                 Err(why) => {
-                    error!("{label}: cannot hold child {}: {why}; binding not held", child.pid);
+                    error!(
+                        "{label}: cannot hold child {}: {why}; binding not held",
+                        child.pid
+                    );
                     return None;
                 }
             }
@@ -544,7 +586,9 @@ impl Daemon {
             phase: Phase::Armed,
         };
         let Some(id) = self.bindings.insert(binding) else {
-            error!("{label}: the daemon holds as many bindings as it can address; binding not held");
+            error!(
+                "{label}: the daemon holds as many bindings as it can address; binding not held"
+            );
             return None;
         };
         if let Err(err) = self.register_members(id) {
@@ -563,7 +607,11 @@ impl Daemon {
         } else if binding.parent.is_none() {
             self.fire(id);
         } else {
-            debug!("{label}: watching parent {} for {} children", binding.spec.parent.pid, binding.n_live_children());
+            debug!(
+                "{label}: watching parent {} for {} children",
+                binding.spec.parent.pid,
+                binding.n_live_children()
+            );
         }
         Some(id)
     }
@@ -574,11 +622,13 @@ impl Daemon {
         };
         let registry = self.poll.registry();
         if let Some(parent) = &binding.parent {
-            self.watcher.register(registry, &parent.handle, id.token(0))?;
+            self.watcher
+                .register(registry, &parent.handle, id.token(0))?;
         }
         for (idx, child) in binding.children.iter().enumerate() {
             if let Some(child) = child {
-                self.watcher.register(registry, &child.handle, id.token(idx + 1))?;
+                self.watcher
+                    .register(registry, &child.handle, id.token(idx + 1))?;
             }
         }
         Ok(())
@@ -678,7 +728,9 @@ impl Daemon {
                 }
                 let remaining = binding.n_live_children();
                 match binding.phase {
-                    Phase::Armed => debug!("{label}: child {pid} exited before the parent ({remaining} left)"),
+                    Phase::Armed => {
+                        debug!("{label}: child {pid} exited before the parent ({remaining} left)")
+                    }
                     Phase::Signalled { .. } | Phase::Killed => info!("{label}: child {pid} exited"),
                     Phase::Done => {}
                 }
@@ -696,7 +748,9 @@ impl Daemon {
             return;
         };
         if let Some(parent) = binding.parent.take() {
-            let _ = self.watcher.deregister(self.poll.registry(), &parent.handle);
+            let _ = self
+                .watcher
+                .deregister(self.poll.registry(), &parent.handle);
         }
         let label = binding.label();
         let parent_pid = binding.spec.parent.pid;
@@ -713,7 +767,10 @@ impl Daemon {
                 continue;
             }
             match self.watcher.signal(&child.handle, sig) {
-                Ok(Delivery::Sent) => info!("{label}: parent {parent_pid} exited; sent {sig} to child {}", child.pid),
+                Ok(Delivery::Sent) => info!(
+                    "{label}: parent {parent_pid} exited; sent {sig} to child {}",
+                    child.pid
+                ),
                 Ok(Delivery::Gone) => {
                     info!("{label}: child {} already gone, not signalled", child.pid);
                     release(&mut self.watcher, &self.poll, slot);
@@ -751,7 +808,11 @@ impl Daemon {
             let Some(binding) = self.bindings.get_mut(id) else {
                 continue;
             };
-            if binding.phase != (Phase::Signalled { deadline: Some(deadline) }) {
+            if binding.phase
+                != (Phase::Signalled {
+                    deadline: Some(deadline),
+                })
+            {
                 continue;
             }
             let label = binding.label();
@@ -766,11 +827,16 @@ impl Daemon {
                     continue;
                 }
                 match self.watcher.signal(&child.handle, Signal::KILL) {
-                    Ok(Delivery::Sent) => info!("{label}: grace {grace} over; sent SIGKILL to child {}", child.pid),
+                    Ok(Delivery::Sent) => info!(
+                        "{label}: grace {grace} over; sent SIGKILL to child {}",
+                        child.pid
+                    ),
                     Ok(Delivery::Gone) => {
                         release(&mut self.watcher, &self.poll, slot);
                     }
-                    Err(err) => error!("{label}: cannot send SIGKILL to child {}: {err}", child.pid),
+                    Err(err) => {
+                        error!("{label}: cannot send SIGKILL to child {}: {err}", child.pid)
+                    }
                 }
             }
             binding.phase = Phase::Killed;
@@ -789,11 +855,15 @@ impl Daemon {
         };
         if matches!(binding.origin, Origin::Socket { .. }) {
             debug!("{}: done", binding.label());
-            self.bindings.remove(id).map(|b| self.close(b));
+            if let Some(binding) = self.bindings.remove(id) {
+                self.close(binding);
+            }
             return;
         }
         if let Some(parent) = binding.parent.take() {
-            let _ = self.watcher.deregister(self.poll.registry(), &parent.handle);
+            let _ = self
+                .watcher
+                .deregister(self.poll.registry(), &parent.handle);
         }
         for slot in binding.children.iter_mut() {
             release(&mut self.watcher, &self.poll, slot);
@@ -822,12 +892,18 @@ impl Daemon {
     /// Releases everything a binding removed from the slab holds.
     fn close(&mut self, mut binding: Binding<Handle>) {
         if let Some(parent) = binding.parent.take() {
-            let _ = self.watcher.deregister(self.poll.registry(), &parent.handle);
+            let _ = self
+                .watcher
+                .deregister(self.poll.registry(), &parent.handle);
         }
         for slot in binding.children.iter_mut() {
             release(&mut self.watcher, &self.poll, slot);
         }
-        if self.ids.get(&binding.id).is_some_and(|&bid| self.bindings.get(bid).is_none()) {
+        if self
+            .ids
+            .get(&binding.id)
+            .is_some_and(|&bid| self.bindings.get(bid).is_none())
+        {
             self.ids.remove(&binding.id);
         }
         if matches!(binding.origin, Origin::Socket { .. }) {
@@ -850,7 +926,12 @@ fn release(watcher: &mut Watcher, poll: &Poll, slot: &mut Option<Member<Handle>>
 }
 
 /// Why `identity` is not the pinned process, or `None` if it is.
-fn pin_mismatch(start: Option<u64>, inode: Option<u64>, identity: Identity, what: &str) -> Option<String> {
+fn pin_mismatch(
+    start: Option<u64>,
+    inode: Option<u64>,
+    identity: Identity,
+    what: &str,
+) -> Option<String> {
     if let Some(start) = start {
         if start != identity.start {
             return Some(format!(

@@ -17,7 +17,9 @@ use super::bindings::{Member, MAX_CHILDREN};
 use super::control::{Conn, IDLE_TIMEOUT, MAX_CONNECTIONS};
 use super::{parse_kill, Daemon, Handle, Origin, Phase, Proven, CONN_TOKENS};
 use crate::config::{parse_duration, parse_signal, BindingSpec, Pid, ProcSpec};
-use crate::protocol::{BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo, MAX_LINE, VERSION};
+use crate::protocol::{
+    BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo, MAX_LINE,
+};
 use crate::sys::PeerCred;
 use crate::watch::Backend;
 
@@ -68,7 +70,11 @@ impl Daemon {
                 warn!("control socket: cannot register a connection: {err}");
                 continue;
             }
-            debug!("connection {idx} from uid {} pid {}", conn.peer.uid, peer_pid(&conn.peer));
+            debug!(
+                "connection {idx} from uid {} pid {}",
+                conn.peer.uid,
+                peer_pid(&conn.peer)
+            );
             if let Some(slot) = self.conns.get_mut(idx) {
                 *slot = Some(conn);
             }
@@ -113,7 +119,11 @@ impl Daemon {
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(idx, c)| c.as_ref().filter(|c| now >= c.last_active + IDLE_TIMEOUT).map(|_| idx))
+            .filter_map(|(idx, c)| {
+                c.as_ref()
+                    .filter(|c| now >= c.last_active + IDLE_TIMEOUT)
+                    .map(|_| idx)
+            })
             .collect();
         for idx in idle {
             debug!("connection {idx} idle for {IDLE_TIMEOUT:?}; closing it");
@@ -195,7 +205,11 @@ impl Daemon {
     }
 
     fn refuse(&self, peer: &PeerCred, what: &str, why: &str) {
-        warn!("refused {what} from uid {} pid {}: {why}", peer.uid, peer_pid(peer));
+        warn!(
+            "refused {what} from uid {} pid {}: {why}",
+            peer.uid,
+            peer_pid(peer)
+        );
     }
 
     /// Whether the peer may act on every binding (root, or the daemon's
@@ -204,8 +218,13 @@ impl Daemon {
         peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw()
     }
 
-    fn handle_line(&mut self, peer: &PeerCred, line: &[u8], fds: Vec<OwnedFd>) -> (Response, Option<u64>) {
-        let request: Request = match serde_json::from_slice(line) {
+    fn handle_line(
+        &mut self,
+        peer: &PeerCred,
+        line: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> (Response, Option<u64>) {
+        let request = match Request::parse(line) {
             Ok(request) => request,
             Err(err) => {
                 let why = format!("bad request: {err}");
@@ -213,11 +232,6 @@ impl Daemon {
                 return (Response::error(why), None);
             }
         };
-        if request.v != VERSION {
-            let why = format!("unsupported protocol version {} (this tetherd speaks {VERSION})", request.v);
-            self.refuse(peer, "request", &why);
-            return (Response::error(why), None);
-        }
         match request.op {
             Op::Bind(bind) => match self.bind(peer, bind, fds) {
                 Ok(id) => (
@@ -259,7 +273,11 @@ impl Daemon {
                     self.refuse(peer, "reload", &why);
                     return (Response::error(why), None);
                 }
-                info!("reload requested by uid {} pid {}", peer.uid, peer_pid(peer));
+                info!(
+                    "reload requested by uid {} pid {}",
+                    peer.uid,
+                    peer_pid(peer)
+                );
                 match self.reload() {
                     Ok(info) => (
                         Response {
@@ -284,7 +302,12 @@ impl Daemon {
     }
 
     /// Makes a socket binding; returns its id.
-    fn bind(&mut self, peer: &PeerCred, req: BindRequest, fds: Vec<OwnedFd>) -> Result<u64, String> {
+    fn bind(
+        &mut self,
+        peer: &PeerCred,
+        req: BindRequest,
+        fds: Vec<OwnedFd>,
+    ) -> Result<u64, String> {
         let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
         if let Some(name) = &req.name {
             check_name(name)?;
@@ -301,12 +324,16 @@ impl Daemon {
             Some(k) => parse_kill(k).map_err(|e| format!("kill: {e}"))?,
             None => self.defaults.kill,
         };
-        let parent_pid = Pid::try_from(i64::from(req.parent.pid)).map_err(|e| format!("parent: {e}"))?;
+        let parent_pid =
+            Pid::try_from(i64::from(req.parent.pid)).map_err(|e| format!("parent: {e}"))?;
         if req.children.is_empty() {
             return Err("no child to bind".into());
         }
         if req.children.len() > MAX_CHILDREN.min(1024) {
-            return Err(format!("{} children is more than the 1024 a request may bind", req.children.len()));
+            return Err(format!(
+                "{} children is more than the 1024 a request may bind",
+                req.children.len()
+            ));
         }
         let mut child_pids = Vec::with_capacity(req.children.len());
         for child in &req.children {
@@ -334,7 +361,9 @@ impl Daemon {
         let parent = match self.open_ref(&req.parent, parent_pid, &mut fds)? {
             Proven::Live(member) => Some(member),
             Proven::Gone(why) if req.require_live_parent => {
-                return Err(format!("the parent {parent_pid} has already exited ({why})"))
+                return Err(format!(
+                    "the parent {parent_pid} has already exited ({why})"
+                ))
             }
             Proven::Gone(why) => {
                 info!("socket bind: parent {parent_pid} is already gone ({why}); acting at once");
@@ -360,7 +389,10 @@ impl Daemon {
         };
         let spec = BindingSpec {
             name: req.name.clone(),
-            parent: parent.as_ref().map(pinned).unwrap_or(ProcSpec::unpinned(parent_pid)),
+            parent: parent
+                .as_ref()
+                .map(pinned)
+                .unwrap_or(ProcSpec::unpinned(parent_pid)),
             children: children.iter().flatten().map(pinned).collect(),
             signal,
             grace,
@@ -369,7 +401,7 @@ impl Daemon {
         let public_id = self.next_id;
         self.next_id += 1;
         let origin = Origin::Socket { uid };
-        let label = format!("binding {} #{public_id} (uid {uid})", spec.label());
+        let label = super::bindings::label(&spec, origin, public_id);
         let children_pids: Vec<String> = child_pids.iter().map(ToString::to_string).collect();
         match self.insert(Rc::new(spec), origin, public_id, parent, children, &label) {
             Some(_) => {
@@ -386,13 +418,19 @@ impl Daemon {
 
     /// Opens the process a request names, through the pidfd passed with
     /// it if there is one.
-    fn open_ref(&mut self, r: &ProcRef, pid: Pid, fds: &mut [Option<OwnedFd>]) -> Result<Proven, String> {
+    fn open_ref(
+        &mut self,
+        r: &ProcRef,
+        pid: Pid,
+        fds: &mut [Option<OwnedFd>],
+    ) -> Result<Proven, String> {
         let opened = match r.pidfd {
             Some(idx) => {
-                let fd = fds
-                    .get_mut(idx)
-                    .and_then(Option::take)
-                    .ok_or_else(|| format!("pid {pid}: pidfd {idx} was not passed with the request (or used twice)"))?;
+                let fd = fds.get_mut(idx).and_then(Option::take).ok_or_else(|| {
+                    format!(
+                        "pid {pid}: pidfd {idx} was not passed with the request (or used twice)"
+                    )
+                })?;
                 self.watcher.adopt(fd, pid)
             }
             None => self.watcher.open(pid),
@@ -406,12 +444,17 @@ impl Daemon {
         // only their own explicit pins count.
         if spec.start.is_none() {
             return match opened {
-                Ok((handle, identity)) => Ok(Proven::Live(Member { pid, identity, handle })),
+                Ok((handle, identity)) => Ok(Proven::Live(Member {
+                    pid,
+                    identity,
+                    handle,
+                })),
                 Err(crate::watch::OpenError::Gone) => Ok(Proven::Gone("no such process".into())),
                 Err(err) => Err(format!("pid {pid}: {err}")),
             };
         }
-        self.prove(&spec, opened, "the start time given").map_err(|e| format!("pid {pid}: {e}"))
+        self.prove(&spec, opened, "the start time given")
+            .map_err(|e| format!("pid {pid}: {e}"))
     }
 
     /// A caller other than root may bind only children it could signal
@@ -449,7 +492,10 @@ impl Daemon {
                 Err(format!("no binding {public_id}"))
             }
             Origin::Socket { .. } => {
-                self.remove(id, &format!("unbound by uid {} pid {}", peer.uid, peer_pid(peer)));
+                self.remove(
+                    id,
+                    &format!("unbound by uid {} pid {}", peer.uid, peer_pid(peer)),
+                );
                 Ok(())
             }
         }
@@ -488,7 +534,12 @@ impl Daemon {
             uptime_secs: self.started.elapsed().as_secs(),
             backend: self.watcher.name().into(),
             bindings: count(self.bindings.len()),
-            armed: count(self.bindings.iter().filter(|(_, b)| b.phase == Phase::Armed).count()),
+            armed: count(
+                self.bindings
+                    .iter()
+                    .filter(|(_, b)| b.phase == Phase::Armed)
+                    .count(),
+            ),
             fds_in_use: crate::sys::count_open_fds().unwrap_or(0),
             fds_allowed: self.fd_limit,
             pid: std::process::id(),

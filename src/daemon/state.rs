@@ -190,7 +190,10 @@ impl StateFile {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Loaded::default(),
             Err(err) => {
-                let warning = format!("{}: cannot read the state file: {err}; starting without it", self.path.display());
+                let warning = format!(
+                    "{}: cannot read the state file: {err}; starting without it",
+                    self.path.display()
+                );
                 return Loaded {
                     warning: Some(warning),
                     ..Loaded::default()
@@ -223,7 +226,10 @@ impl StateFile {
     fn decode(&self, bytes: &[u8]) -> Result<Loaded, String> {
         let on_disk: OnDisk = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
         if on_disk.version != STATE_VERSION {
-            return Err(format!("version {} (this tetherd reads version {STATE_VERSION})", on_disk.version));
+            return Err(format!(
+                "version {} (this tetherd reads version {STATE_VERSION})",
+                on_disk.version
+            ));
         }
         let mut pins = Pins::default();
         for record in on_disk.pins {
@@ -263,7 +269,12 @@ impl StateFile {
     }
 
     /// Writes the state atomically and marks the pins clean.
-    pub fn save(&self, pins: &mut Pins, bindings: Vec<SavedBinding>, next_id: u64) -> io::Result<()> {
+    pub fn save(
+        &self,
+        pins: &mut Pins,
+        bindings: Vec<SavedBinding>,
+        next_id: u64,
+    ) -> io::Result<()> {
         let mut records: Vec<PinRecord> = pins
             .map
             .iter()
@@ -301,7 +312,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
@@ -338,14 +352,28 @@ mod tests {
         let path = dir.path().join("sub/state.json");
         let file = StateFile::new(path.clone(), "boot-a".into());
         let mut pins = Pins::default();
-        pins.record(pid(100), Identity { start: 5, inode: Some(9) });
+        pins.record(
+            pid(100),
+            Identity {
+                start: 5,
+                inode: Some(9),
+            },
+        );
         let saved = SavedBinding {
             id: 7,
             uid: 1000,
             name: Some("qemu".into()),
             boot_id: "boot-a".into(),
-            parent: SavedProc { pid: 10, start: 1, inode: None },
-            children: vec![SavedProc { pid: 11, start: 2, inode: Some(3) }],
+            parent: SavedProc {
+                pid: 10,
+                start: 1,
+                inode: None,
+            },
+            children: vec![SavedProc {
+                pid: 11,
+                start: 2,
+                inode: Some(3),
+            }],
             signal: "SIGTERM".into(),
             grace: "5s".into(),
             kill: "process".into(),
@@ -355,12 +383,20 @@ mod tests {
 
         let same_boot = file.load();
         assert!(same_boot.warning.is_none());
-        assert_eq!(same_boot.pins.get(pid(100)), Some(&Pin::ThisBoot(Identity { start: 5, inode: Some(9) })));
+        assert_eq!(
+            same_boot.pins.get(pid(100)),
+            Some(&Pin::ThisBoot(Identity {
+                start: 5,
+                inode: Some(9)
+            }))
+        );
         assert_eq!(same_boot.bindings, vec![saved]);
         assert_eq!(same_boot.next_id, 8);
 
         let other_boot = StateFile::new(path, "boot-b".into()).load();
-        assert!(matches!(other_boot.pins.get(pid(100)), Some(Pin::EarlierBoot { boot_id, .. }) if &**boot_id == "boot-a"));
+        assert!(
+            matches!(other_boot.pins.get(pid(100)), Some(Pin::EarlierBoot { boot_id, .. }) if &**boot_id == "boot-a")
+        );
     }
 
     #[test]

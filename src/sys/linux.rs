@@ -16,8 +16,12 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes two integers and returns a new descriptor or
     // -1; it reads no memory of ours.
     let ret = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) })?;
-    let fd = libc::c_int::try_from(ret)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "pidfd_open returned a descriptor out of range"))?;
+    let fd = libc::c_int::try_from(ret).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "pidfd_open returned a descriptor out of range",
+        )
+    })?;
     // SAFETY: the kernel just created `fd` for us and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

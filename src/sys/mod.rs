@@ -142,7 +142,13 @@ pub fn send_with_fds(
     let iov = [io::IoSlice::new(bytes)];
     let cmsgs = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &cmsgs };
-    Ok(sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None)?)
+    Ok(sendmsg::<()>(
+        fd.as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::empty(),
+        None,
+    )?)
 }
 
 /// Arms the kernel's parent-death signal for the calling process: the

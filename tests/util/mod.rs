@@ -15,6 +15,52 @@ use nix::unistd::Pid;
 /// The tetherd binary under test.
 pub const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
 
+/// The tetherctl binary under test.
+pub const TETHERCTL: &str = env!("CARGO_BIN_EXE_tetherctl");
+
+/// Makes the test process a child subreaper, so orphaned test processes
+/// (a tethered command whose launcher was killed) are re-parented to it
+/// and [`reap`] can tell how they ended.
+pub fn become_subreaper() {
+    nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+}
+
+/// Waits up to `timeout` for `pid` (a child or adopted orphan of the test
+/// process) to end; returns the signal that ended it.
+pub fn reap(pid: i32, timeout: Duration) -> Option<i32> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut result = None;
+    wait_until(timeout, || {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                result = Some(sig as i32);
+                true
+            }
+            Ok(WaitStatus::Exited(..)) => true,
+            Ok(_) => false,
+            Err(_) => true,
+        }
+    });
+    result
+}
+
+/// Runs tetherctl with `args`; returns (exit code, stdout, stderr).
+pub fn tetherctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(TETHERCTL)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("TETHER_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tetherctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// How long any wait may take before the test fails. Generous: the
 /// machine has 2 cores and tests run in parallel.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,7 +102,18 @@ impl Proc {
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn sh");
-        Proc { child, status: None }
+        Proc {
+            child,
+            status: None,
+        }
+    }
+
+    /// Wraps a child the test spawned itself.
+    pub fn from_child(child: Child) -> Proc {
+        Proc {
+            child,
+            status: None,
+        }
     }
 
     /// A process that sleeps until signalled.
@@ -67,7 +124,10 @@ impl Proc {
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn sleep");
-        Proc { child, status: None }
+        Proc {
+            child,
+            status: None,
+        }
     }
 
     /// A process that ignores SIGTERM (only SIGKILL ends it). The ignored
@@ -140,7 +200,11 @@ impl Drop for Proc {
 pub fn start_time(pid: i32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
     let rest = &stat[stat.rfind(')').expect("comm") + 1..];
-    rest.split_whitespace().nth(19).expect("field 22").parse().expect("number")
+    rest.split_whitespace()
+        .nth(19)
+        .expect("field 22")
+        .parse()
+        .expect("number")
 }
 
 /// A config binding `parent -> child` with optional extra TOML lines.
@@ -224,7 +288,11 @@ impl TestDaemon {
         }
         self.child = Some(cmd.spawn().expect("spawn tetherd"));
         let ready = wait_until(TIMEOUT, || self.count("ready:") > n_ready || self.exited());
-        assert!(ready && !self.exited(), "tetherd did not become ready:\n{}", self.log_text());
+        assert!(
+            ready && !self.exited(),
+            "tetherd did not become ready:\n{}",
+            self.log_text()
+        );
     }
 
     fn exited(&mut self) -> bool {
@@ -246,14 +314,21 @@ impl TestDaemon {
 
     /// How many log lines contain `needle`.
     pub fn count(&self, needle: &str) -> usize {
-        self.log_text().lines().filter(|l| l.contains(needle)).count()
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Waits until the log holds at least `n` lines with `needle`; panics
     /// with the log otherwise.
     pub fn wait_count(&self, needle: &str, n: usize) {
         let ok = wait_until(TIMEOUT, || self.count(needle) >= n);
-        assert!(ok, "expected {n} log line(s) with {needle:?}; log:\n{}", self.log_text());
+        assert!(
+            ok,
+            "expected {n} log line(s) with {needle:?}; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Waits for a log line with `needle`.
@@ -284,6 +359,25 @@ impl TestDaemon {
     /// Stops the daemon with SIGTERM.
     pub fn stop(&mut self) -> ExitStatus {
         self.stop_with(Signal::SIGTERM)
+    }
+
+    /// Runs tetherctl against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        tetherctl(&self.socket, args)
+    }
+
+    /// Binds `parent` to `children` over the socket; returns the id.
+    pub fn bind(&self, parent: i32, children: &[i32], extra: &[&str]) -> u64 {
+        let parent = parent.to_string();
+        let children: Vec<String> = children.iter().map(ToString::to_string).collect();
+        let mut args = vec!["bind", "--parent", parent.as_str()];
+        for child in &children {
+            args.extend(["--child", child.as_str()]);
+        }
+        args.extend(extra);
+        let (code, out, err) = self.ctl(&args);
+        assert_eq!(code, 0, "bind failed: {err}\nlog:\n{}", self.log_text());
+        out.trim().parse().expect("bind prints the id alone")
     }
 
     /// The directory holding the daemon's files.
