@@ -143,3 +143,88 @@ fn running_out_of_descriptors_fails_some_bindings_and_serves_the_rest() {
         daemon.log_text()
     );
 }
+
+#[test]
+fn socket_file_is_removed_on_exit_and_a_stale_one_is_replaced() {
+    let mut daemon = TestDaemon::start("");
+    assert!(daemon.socket.exists());
+    daemon.stop();
+    assert!(!daemon.socket.exists(), "a clean exit removes the socket");
+
+    // A crashed daemon leaves its socket behind; the next start replaces it.
+    daemon.spawn(None);
+    daemon.stop_with(Signal::SIGKILL);
+    assert!(daemon.socket.exists());
+    daemon.spawn(None);
+    let (code, _, err) = daemon.ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_live_daemon_on_the_same_socket_is_a_clear_error() {
+    let daemon = TestDaemon::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(TETHERD)
+        .arg("--config")
+        .arg(&daemon.config)
+        .arg("--state")
+        .arg(dir.path().join("state.json"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another tetherd is already serving this socket"),
+        "{err}"
+    );
+    // The first daemon is untouched.
+    let (code, _, _) = daemon.ctl(&["status"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn unsafe_socket_locations_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    fs::create_dir(&real).unwrap();
+    // A planted symlink in place of the socket directory.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    // A socket path that is a regular file.
+    let file = real.join("file.sock");
+    fs::write(&file, "").unwrap();
+    // A world-writable directory.
+    let open = dir.path().join("open");
+    fs::create_dir(&open).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let config = dir.path().join("empty.toml");
+    fs::write(&config, "").unwrap();
+    for (socket, expected) in [
+        (link.join("tether.sock"), "not a directory (a symlink?)"),
+        (file.clone(), "exists and is not a socket"),
+        (open.join("tether.sock"), "writable by others"),
+    ] {
+        let out = std::process::Command::new(TETHERD)
+            .arg("--config")
+            .arg(&config)
+            .arg("--state")
+            .arg(dir.path().join("state.json"))
+            .arg("--socket")
+            .arg(&socket)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{socket:?}: {err}");
+        assert!(err.contains(expected), "{socket:?}: {err}");
+    }
+    assert_eq!(
+        fs::read_to_string(&file).unwrap(),
+        "",
+        "the regular file was not replaced"
+    );
+}
