@@ -298,7 +298,7 @@ impl StateFile {
             pins: records,
             bindings,
         };
-        let bytes = serde_json::to_vec_pretty(&on_disk).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec(&on_disk).map_err(io::Error::other)?;
         write_atomically(&self.path, &bytes)?;
         pins.dirty = false;
         Ok(())
