@@ -2,7 +2,8 @@
 //! controls which pid the next process gets (/proc/sys/kernel/ns_last_pid),
 //! so it can hand a bound child's pid to an innocent process and check that
 //! tetherd never signals it: neither while it holds the child's pidfd, nor
-//! after a restart, where only the remembered pin tells the two apart.
+//! after a restart, where only the remembered pin (of a config binding, or
+//! of a binding made over the socket) tells the two apart.
 
 use std::process::Command;
 
@@ -12,7 +13,7 @@ use crate::util::{is_root, TETHERD};
 /// `SKIP reason`, or one `OK`/`FAIL` line per check.
 const SCRIPT: &str = r#"
 set -u
-T=$1; D=$2
+T=$1; D=$2; C=$3
 log=$D/tetherd.log
 ready() { # wait for the Nth "ready:" line
   for _ in $(seq 1 400); do
@@ -67,7 +68,25 @@ kill -9 $P2; wait $P2 2>/dev/null
 wait_log "binding \"restart\": parent $P2 exited; sent SIGTERM to child $K2"
 sleep 1.5   # longer than the grace period: no SIGTERM, no SIGKILL came
 
-for pid in $I1 $I2; do
+# 3. The same for a binding made over the socket: the daemon is stopped,
+#    the child dies, an innocent takes its pid, the daemon restarts from its
+#    state file, the parent dies.
+sleep 1000 & P3=$!
+sleep 1000 & C3=$!
+sleep 1000 & K3=$!
+TETHER_SOCKET=$D/tether.sock "$C" bind --parent $P3 --child $C3 --child $K3 --name sock --grace 1s > $D/id || { echo "FAIL bind"; exit 1; }
+kill -TERM $TD; wait $TD
+kill -9 $C3; wait $C3 2>/dev/null
+innocent $C3; I3=$!
+[ "$I3" = "$C3" ] || { echo "SKIP pid $C3 could not be reused (got $I3)"; exit 0; }
+"$T" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
+ready 3
+wait_log "child $C3 dropped"
+kill -9 $P3; wait $P3 2>/dev/null
+wait_log "parent $P3 exited; sent SIGTERM to child $K3"
+sleep 1.5
+
+for pid in $I1 $I2 $I3; do
   if [ -e $D/innocent.$pid ]; then echo "FAIL innocent $pid was signalled"
   elif kill -0 $pid 2>/dev/null; then echo "OK innocent $pid alive and unsignalled"
   else echo "FAIL innocent $pid is dead"; fi
@@ -96,6 +115,7 @@ fn reused_child_pid_is_never_signalled() {
         ])
         .arg(TETHERD)
         .arg(dir.path())
+        .arg(crate::util::TETHERCTL)
         .output()
         .expect("run unshare");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -112,10 +132,11 @@ fn reused_child_pid_is_never_signalled() {
     assert!(!stdout.contains("FAIL"), "{stdout}\n{stderr}\nlog:\n{log}");
     assert_eq!(
         stdout.matches("OK innocent").count(),
-        2,
+        3,
         "{stdout}\n{stderr}\nlog:\n{log}"
     );
     assert!(stdout.contains("EXIT 0"), "{stdout}");
+    assert!(log.contains("the pin taken at bind time"), "{log}");
     assert!(
         log.contains("the pin recorded when tetherd first saw it"),
         "{log}"

@@ -526,7 +526,7 @@ impl Daemon {
             );
             return None;
         }
-        let parent = match self.open_member(&spec.parent) {
+        let parent = match self.open_member(&spec.parent, origin) {
             Ok(Proven::Live(member)) => Some(member),
             Ok(Proven::Gone(why)) => {
                 info!(
@@ -545,7 +545,7 @@ impl Daemon {
         };
         let mut children = Vec::with_capacity(spec.children.len());
         for child in &spec.children {
-            match self.open_member(child) {
+            match self.open_member(child, origin) {
                 Ok(Proven::Live(member)) => children.push(Some(member)),
                 Ok(Proven::Gone(why)) => {
                     warn!(
@@ -638,9 +638,13 @@ impl Daemon {
     /// identity, read after the handle was opened, must match the pin of the
     /// config, or the pin recorded when the daemon first saw the pid. A pid
     /// seen for the first time is pinned now.
-    fn open_member(&mut self, spec: &ProcSpec) -> Result<Proven, String> {
+    fn open_member(&mut self, spec: &ProcSpec, origin: Origin) -> Result<Proven, String> {
         let opened = self.watcher.open(spec.pid);
-        self.prove(spec, opened, "the configured pin")
+        let pin_source = match origin {
+            Origin::Config => "the configured pin",
+            Origin::Socket { .. } => "the pin taken at bind time",
+        };
+        self.prove(spec, opened, pin_source)
     }
 
     /// Checks an opened process against the pins of `spec` (see
