@@ -37,8 +37,12 @@ pub fn default_state() -> PathBuf {
         return PathBuf::from("/var/lib/tether/state.json");
     }
     let uid = nix::unistd::geteuid();
-    xdg("XDG_STATE_HOME", ".local/state", PathBuf::from(format!("/tmp/tether-{uid}")))
-        .join("tether/state.json")
+    xdg(
+        "XDG_STATE_HOME",
+        ".local/state",
+        PathBuf::from(format!("/tmp/tether-{uid}")),
+    )
+    .join("tether/state.json")
 }
 
 /// `/run/tether/tether.sock` as root, `$XDG_RUNTIME_DIR/tether/tether.sock`
@@ -49,6 +53,9 @@ pub fn default_socket() -> PathBuf {
     }
     match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         Some(dir) if dir.is_absolute() => dir.join("tether/tether.sock"),
-        _ => PathBuf::from(format!("/tmp/tether-{}/tether.sock", nix::unistd::geteuid())),
+        _ => PathBuf::from(format!(
+            "/tmp/tether-{}/tether.sock",
+            nix::unistd::geteuid()
+        )),
     }
 }

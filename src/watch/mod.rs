@@ -132,7 +132,12 @@ pub trait Backend: Sized + fmt::Debug {
 
     /// Arranges for `token` to become readable in `registry` when the
     /// process exits.
-    fn register(&mut self, registry: &Registry, handle: &Self::Handle, token: Token) -> io::Result<()>;
+    fn register(
+        &mut self,
+        registry: &Registry,
+        handle: &Self::Handle,
+        token: Token,
+    ) -> io::Result<()>;
 
     /// Undoes [`Backend::register`].
     fn deregister(&mut self, registry: &Registry, handle: &Self::Handle) -> io::Result<()>;

@@ -58,7 +58,9 @@ impl Backend for PidfdWatcher {
     }
 
     fn boot_id(&self) -> io::Result<String> {
-        Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?.trim().to_owned())
+        Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+            .trim()
+            .to_owned())
     }
 
     fn has_inodes(&self) -> bool {
@@ -88,7 +90,10 @@ impl Backend for PidfdWatcher {
             .find_map(|line| line.strip_prefix("Pid:"))
             .and_then(|v| v.trim().parse::<i32>().ok())
             .ok_or_else(|| {
-                OpenError::Failed(io::Error::new(io::ErrorKind::InvalidInput, "the descriptor passed is not a pidfd"))
+                OpenError::Failed(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the descriptor passed is not a pidfd",
+                ))
             })?;
         if named == -1 || named == 0 {
             return Err(OpenError::Gone);
@@ -117,7 +122,11 @@ impl Backend for PidfdWatcher {
         let uids: Vec<u32> = status
             .lines()
             .find_map(|line| line.strip_prefix("Uid:"))
-            .map(|v| v.split_ascii_whitespace().filter_map(|n| n.parse().ok()).collect())
+            .map(|v| {
+                v.split_ascii_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         match uids.as_slice() {
             [real, _effective, saved, ..] => Ok(Some(Owner {
@@ -131,7 +140,12 @@ impl Backend for PidfdWatcher {
         }
     }
 
-    fn register(&mut self, registry: &Registry, handle: &PidfdHandle, token: Token) -> io::Result<()> {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        handle: &PidfdHandle,
+        token: Token,
+    ) -> io::Result<()> {
         let raw = handle.fd.as_raw_fd();
         registry.register(&mut SourceFd(&raw), token, Interest::READABLE)
     }
@@ -162,7 +176,11 @@ impl Backend for PidfdWatcher {
 
 impl PidfdWatcher {
     /// Reads the identity of the process `handle` refers to, which is `pid`.
-    fn identify(&self, pid: Pid, handle: PidfdHandle) -> Result<(PidfdHandle, Identity), OpenError> {
+    fn identify(
+        &self,
+        pid: Pid,
+        handle: PidfdHandle,
+    ) -> Result<(PidfdHandle, Identity), OpenError> {
         let start = match read_start_time(pid) {
             Ok(start) => start,
             // The /proc entry vanished: the process was reaped.
@@ -176,7 +194,9 @@ impl PidfdWatcher {
             return Err(OpenError::Gone);
         }
         let inode = if self.pidfs {
-            nix::sys::stat::fstat(handle.fd.as_fd()).ok().map(|st| st.st_ino)
+            nix::sys::stat::fstat(handle.fd.as_fd())
+                .ok()
+                .map(|st| st.st_ino)
         } else {
             None
         };
@@ -211,7 +231,8 @@ mod tests {
 
     #[test]
     fn parses_start_time_after_odd_comm() {
-        let line = "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        let line =
+            "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
         assert_eq!(parse_start_time(line), Some(987654));
         assert_eq!(parse_start_time("1 (init) S 0"), None);
         assert_eq!(parse_start_time("garbage"), None);
