@@ -143,8 +143,12 @@ impl TryFrom<i64> for Pid {
     fn try_from(value: i64) -> Result<Self, Self::Error> {
         match i32::try_from(value) {
             Ok(pid) if pid > 1 => Ok(Pid(pid)),
-            Ok(1) => Err("pid 1 cannot be bound (init never exits and must never be signalled)".into()),
-            _ => Err(format!("{value} is not a valid pid (expected an integer from 2 to 2147483647)")),
+            Ok(1) => {
+                Err("pid 1 cannot be bound (init never exits and must never be signalled)".into())
+            }
+            _ => Err(format!(
+                "{value} is not a valid pid (expected an integer from 2 to 2147483647)"
+            )),
         }
     }
 }
