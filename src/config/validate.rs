@@ -461,8 +461,7 @@ fn daemon_settings(table: &Table<'_>, problems: &mut Vec<Problem>) -> DaemonSett
 /// Checks `[daemon] socket`: an absolute path short enough for a Unix
 /// socket address (108 bytes on Linux, 104 on the BSDs).
 fn socket_path(path: &str) -> Result<String, String> {
-    let path = state_path(path)
-        .map_err(|e| e.replace("/var/lib/tether/state.json", "/run/tether/tether.sock"))?;
+    let path = absolute_path(path, "/run/tether/tether.sock")?;
     if path.len() > 100 {
         return Err(format!(
             "{path:?} is too long for a socket address (at most 100 bytes)"
@@ -484,13 +483,18 @@ fn max_per_uid(value: &Value<'_>) -> Result<usize, String> {
 
 /// Checks `[daemon] state`.
 fn state_path(path: &str) -> Result<String, String> {
+    absolute_path(path, "/var/lib/tether/state.json")
+}
+
+/// An absolute path; `example` is shown when it is relative.
+fn absolute_path(path: &str, example: &str) -> Result<String, String> {
     if path.is_empty() {
         Err("empty path (remove the key to use the default)".to_string())
     } else if path.contains('\0') {
         Err(format!("path {path:?} contains a NUL character"))
     } else if !Path::new(path).is_absolute() {
         Err(format!(
-            "{path:?} is a relative path (write an absolute one, e.g. \"/var/lib/tether/state.json\")"
+            "{path:?} is a relative path (write an absolute one, e.g. {example:?})"
         ))
     } else {
         Ok(path.to_string())

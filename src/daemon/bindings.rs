@@ -13,7 +13,6 @@ use std::time::Instant;
 use mio::Token;
 
 use crate::config::{BindingSpec, Pid};
-use crate::watch::Identity;
 
 /// Tokens at or above this value belong to the daemon itself (signals,
 /// the control socket); tokens below it name binding members.
@@ -100,8 +99,6 @@ pub enum Phase {
 pub struct Member<H> {
     /// The pid, for logs.
     pub pid: Pid,
-    /// Who it is, as proven when it was opened.
-    pub identity: Identity,
     /// The open handle; it refers to this process and no other.
     pub handle: H,
 }
@@ -261,6 +258,13 @@ impl<H> Bindings<H> {
             n => MemberRef::Child(n - 1),
         };
         Some((id, member))
+    }
+
+    /// Gives back the slab's spare capacity after a large load. Slots are
+    /// never dropped: their generations keep stale ids from matching.
+    pub fn shrink_to_fit(&mut self) {
+        self.slots.shrink_to_fit();
+        self.free.shrink_to_fit();
     }
 
     /// The number of bindings held (in any phase).

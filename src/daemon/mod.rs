@@ -112,9 +112,9 @@ pub struct Daemon {
     watcher: Watcher,
     signals: Signals,
     bindings: Bindings<Handle>,
-    /// Configured bindings by what they say, to diff a reloaded config.
-    by_spec: HashMap<Rc<BindingSpec>, BindingId>,
-    /// Bindings by the id users see.
+    /// Socket bindings by the id users see. (Config bindings have ids
+    /// too, but are not unbound by id; a map for them would cost memory on
+    /// every binding for nothing.)
     ids: HashMap<u64, BindingId>,
     next_id: u64,
     /// Escalation deadlines, earliest first.
@@ -193,7 +193,6 @@ impl Daemon {
             watcher,
             signals,
             bindings: Bindings::default(),
-            by_spec: HashMap::new(),
             ids: HashMap::new(),
             next_id: loaded.next_id.max(1),
             timers: BinaryHeap::new(),
@@ -355,28 +354,36 @@ impl Daemon {
                 );
             }
         }
+        // Configured bindings by what they say. Built for the diff and
+        // dropped after it, rather than kept: it would cost every binding
+        // memory between reloads for nothing.
+        let mut by_spec: HashMap<Rc<BindingSpec>, BindingId> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.origin == Origin::Config)
+            .map(|(id, b)| (Rc::clone(&b.spec), id))
+            .collect();
         let wanted: HashSet<&BindingSpec> = config.bindings.iter().collect();
-        let stale: Vec<(Rc<BindingSpec>, BindingId)> = self
-            .by_spec
+        let stale: Vec<(Rc<BindingSpec>, BindingId)> = by_spec
             .iter()
             .filter(|(spec, _)| !wanted.contains(spec.as_ref()))
             .map(|(spec, id)| (Rc::clone(spec), *id))
             .collect();
         let n_removed = stale.len();
         for (spec, id) in stale {
-            self.by_spec.remove(&spec);
+            by_spec.remove(&spec);
             self.remove(id, "no longer in the configuration");
         }
         let (mut n_added, mut n_unchanged, mut n_failed) = (0, 0, 0);
         for spec in config.bindings {
-            if self.by_spec.contains_key(&spec) {
+            if by_spec.contains_key(&spec) {
                 n_unchanged += 1;
                 continue;
             }
             let spec = Rc::new(spec);
             match self.add(Rc::clone(&spec), Origin::Config) {
                 Some(id) => {
-                    self.by_spec.insert(spec, id);
+                    by_spec.insert(spec, id);
                     n_added += 1;
                 }
                 None => n_failed += 1,
@@ -384,14 +391,17 @@ impl Daemon {
         }
         // Pins of pids no configured binding names any more are forgotten:
         // if the administrator names the pid again, it is a new process.
-        let named: HashSet<Pid> = self
-            .by_spec
+        let named: HashSet<Pid> = by_spec
             .keys()
             .flat_map(|spec| {
                 std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid))
             })
             .collect();
         self.pins.retain(|pid| named.contains(&pid));
+        drop(named);
+        drop(by_spec);
+        self.bindings.shrink_to_fit();
+        self.pins.shrink_to_fit();
         if let Err(err) = self.save_state() {
             error!("{err}");
         }
@@ -527,7 +537,7 @@ impl Daemon {
             return None;
         }
         let parent = match self.open_member(&spec.parent, origin) {
-            Ok(Proven::Live(member)) => Some(member),
+            Ok(Proven::Live(member, _)) => Some(member),
             Ok(Proven::Gone(why)) => {
                 info!(
                     "{label}: parent {} is gone at load ({why}); acting at once",
@@ -546,7 +556,7 @@ impl Daemon {
         let mut children = Vec::with_capacity(spec.children.len());
         for child in &spec.children {
             match self.open_member(child, origin) {
-                Ok(Proven::Live(member)) => children.push(Some(member)),
+                Ok(Proven::Live(member, _)) => children.push(Some(member)),
                 Ok(Proven::Gone(why)) => {
                     warn!(
                         "{label}: child {} dropped, it will never be signalled: {why}",
@@ -596,7 +606,9 @@ impl Daemon {
             self.remove(id, "registration failed");
             return None;
         }
-        self.ids.insert(public_id, id);
+        if matches!(origin, Origin::Socket { .. }) {
+            self.ids.insert(public_id, id);
+        }
         if matches!(origin, Origin::Socket { .. }) {
             self.state_dirty = true;
         }
@@ -685,11 +697,13 @@ impl Daemon {
         };
         match mismatch {
             Some(why) => Ok(Proven::Gone(why)),
-            None => Ok(Proven::Live(Member {
-                pid: spec.pid,
+            None => Ok(Proven::Live(
+                Member {
+                    pid: spec.pid,
+                    handle,
+                },
                 identity,
-                handle,
-            })),
+            )),
         }
     }
 
@@ -916,9 +930,10 @@ impl Daemon {
     }
 }
 
-/// A process proven to be the bound one, or why it is not there.
+/// A process proven to be the bound one (with the identity proven), or
+/// why it is not there.
 enum Proven {
-    Live(Member<Handle>),
+    Live(Member<Handle>, Identity),
     Gone(String),
 }
 

@@ -21,7 +21,7 @@ use crate::protocol::{
     BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo, MAX_LINE,
 };
 use crate::sys::PeerCred;
-use crate::watch::Backend;
+use crate::watch::{Backend, Identity};
 
 /// Bytes read from one connection per wakeup before the others get a turn.
 const READ_BUDGET_LINES: usize = 64;
@@ -359,7 +359,7 @@ impl Daemon {
         }
 
         let parent = match self.open_ref(&req.parent, parent_pid, &mut fds)? {
-            Proven::Live(member) => Some(member),
+            Proven::Live(member, identity) => Some((member, identity)),
             Proven::Gone(why) if req.require_live_parent => {
                 return Err(format!(
                     "the parent {parent_pid} has already exited ({why})"
@@ -373,19 +373,19 @@ impl Daemon {
         let mut children = Vec::with_capacity(req.children.len());
         for (child, &pid) in req.children.iter().zip(&child_pids) {
             match self.open_ref(child, pid, &mut fds)? {
-                Proven::Live(member) => {
+                Proven::Live(member, identity) => {
                     self.authorize(peer, &member)?;
-                    children.push(Some(member));
+                    children.push((member, identity));
                 }
                 Proven::Gone(why) => return Err(format!("the child {pid} is not running ({why})")),
             }
         }
         // The spec pins every process to the identity just proven, so the
         // binding survives restarts without ever meaning another process.
-        let pinned = |m: &Member<Handle>| ProcSpec {
+        let pinned = |(m, identity): &(Member<Handle>, Identity)| ProcSpec {
             pid: m.pid,
-            start: Some(m.identity.start),
-            inode: m.identity.inode,
+            start: Some(identity.start),
+            inode: identity.inode,
         };
         let spec = BindingSpec {
             name: req.name.clone(),
@@ -393,7 +393,7 @@ impl Daemon {
                 .as_ref()
                 .map(pinned)
                 .unwrap_or(ProcSpec::unpinned(parent_pid)),
-            children: children.iter().flatten().map(pinned).collect(),
+            children: children.iter().map(pinned).collect(),
             signal,
             grace,
             kill,
@@ -403,6 +403,11 @@ impl Daemon {
         let origin = Origin::Socket { uid };
         let label = super::bindings::label(&spec, origin, public_id);
         let children_pids: Vec<String> = child_pids.iter().map(ToString::to_string).collect();
+        let parent = parent.map(|(member, _)| member);
+        let children = children
+            .into_iter()
+            .map(|(member, _)| Some(member))
+            .collect();
         match self.insert(Rc::new(spec), origin, public_id, parent, children, &label) {
             Some(_) => {
                 info!(
@@ -444,11 +449,7 @@ impl Daemon {
         // only their own explicit pins count.
         if spec.start.is_none() {
             return match opened {
-                Ok((handle, identity)) => Ok(Proven::Live(Member {
-                    pid,
-                    identity,
-                    handle,
-                })),
+                Ok((handle, identity)) => Ok(Proven::Live(Member { pid, handle }, identity)),
                 Err(crate::watch::OpenError::Gone) => Ok(Proven::Gone("no such process".into())),
                 Err(err) => Err(format!("pid {pid}: {err}")),
             };
@@ -477,6 +478,15 @@ impl Daemon {
 
     fn unbind(&mut self, peer: &PeerCred, public_id: u64) -> Result<(), String> {
         let Some(&id) = self.ids.get(&public_id) else {
+            if self
+                .bindings
+                .iter()
+                .any(|(_, b)| b.id == public_id && b.origin == Origin::Config)
+            {
+                return Err(format!(
+                    "binding {public_id} comes from the configuration file; remove it there and reload"
+                ));
+            }
             return Err(format!("no binding {public_id}"));
         };
         let Some(binding) = self.bindings.get(id) else {

@@ -43,22 +43,100 @@ pub enum Pin {
 }
 
 /// Pins of configured pids, by pid.
+///
+/// Kept compact (24 bytes a pin, boot ids of earlier boots interned),
+/// since there are two for every unpinned configured binding.
 #[derive(Debug, Default)]
 pub struct Pins {
-    map: HashMap<Pid, Pin>,
+    map: HashMap<Pid, PackedPin>,
+    /// Boot ids of earlier boots; `PackedPin::boot` is 1 + an index here.
+    earlier_boots: Vec<Box<str>>,
     dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PackedPin {
+    start: u64,
+    /// 0 when unknown (a pidfs inode is never 0).
+    inode: u64,
+    /// 0 for this boot, else 1 + index into `earlier_boots`.
+    boot: u32,
 }
 
 impl Pins {
     /// The pin of `pid`, if one was recorded.
-    pub fn get(&self, pid: Pid) -> Option<&Pin> {
-        self.map.get(&pid)
+    pub fn get(&self, pid: Pid) -> Option<Pin> {
+        let packed = self.map.get(&pid)?;
+        let identity = Identity {
+            start: packed.start,
+            inode: (packed.inode != 0).then_some(packed.inode),
+        };
+        Some(match packed.boot {
+            0 => Pin::ThisBoot(identity),
+            n => Pin::EarlierBoot {
+                identity,
+                boot_id: self
+                    .earlier_boots
+                    .get(usize::try_from(n - 1).unwrap_or(usize::MAX))
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into()),
+            },
+        })
     }
 
     /// Records the identity first seen at `pid`.
     pub fn record(&mut self, pid: Pid, identity: Identity) {
-        self.map.insert(pid, Pin::ThisBoot(identity));
+        self.insert(pid, identity, 0);
         self.dirty = true;
+    }
+
+    fn insert(&mut self, pid: Pid, identity: Identity, boot: u32) {
+        let packed = PackedPin {
+            start: identity.start,
+            inode: identity.inode.unwrap_or(0),
+            boot,
+        };
+        self.map.insert(pid, packed);
+    }
+
+    /// Records a pin read from the state file, taken in `boot_id`.
+    fn insert_earlier(&mut self, pid: Pid, identity: Identity, boot_id: String) {
+        let idx = match self.earlier_boots.iter().position(|b| **b == *boot_id) {
+            Some(idx) => idx,
+            None => {
+                self.earlier_boots.push(boot_id.into_boxed_str());
+                self.earlier_boots.len() - 1
+            }
+        };
+        let boot = u32::try_from(idx + 1).unwrap_or(u32::MAX);
+        self.insert(pid, identity, boot);
+    }
+
+    /// Gives back spare capacity after a large load.
+    pub fn shrink_to_fit(&mut self) {
+        self.map.shrink_to_fit();
+    }
+
+    /// Every pin, with the boot id it was taken in (`this_boot` for the
+    /// current one).
+    fn records<'a>(
+        &'a self,
+        this_boot: &'a str,
+    ) -> impl Iterator<Item = (Pid, Identity, &'a str)> + 'a {
+        self.map.iter().map(move |(pid, packed)| {
+            let boot = match packed.boot {
+                0 => this_boot,
+                n => self
+                    .earlier_boots
+                    .get(usize::try_from(n - 1).unwrap_or(usize::MAX))
+                    .map_or("unknown", |b| &**b),
+            };
+            let identity = Identity {
+                start: packed.start,
+                inode: (packed.inode != 0).then_some(packed.inode),
+            };
+            (*pid, identity, boot)
+        })
     }
 
     /// Forgets every pin whose pid `keep` does not accept.
@@ -238,15 +316,11 @@ impl StateFile {
                 start: record.start,
                 inode: record.inode,
             };
-            let pin = if record.boot_id == self.boot_id {
-                Pin::ThisBoot(identity)
+            if record.boot_id == self.boot_id {
+                pins.insert(pid, identity, 0);
             } else {
-                Pin::EarlierBoot {
-                    identity,
-                    boot_id: record.boot_id.into_boxed_str(),
-                }
-            };
-            pins.map.insert(pid, pin);
+                pins.insert_earlier(pid, identity, record.boot_id);
+            }
         }
         Ok(Loaded {
             pins,
@@ -276,19 +350,12 @@ impl StateFile {
         next_id: u64,
     ) -> io::Result<()> {
         let mut records: Vec<PinRecord> = pins
-            .map
-            .iter()
-            .map(|(pid, pin)| {
-                let (identity, boot_id) = match pin {
-                    Pin::ThisBoot(identity) => (identity, self.boot_id.as_str()),
-                    Pin::EarlierBoot { identity, boot_id } => (identity, &**boot_id),
-                };
-                PinRecord {
-                    pid: pid.get(),
-                    start: identity.start,
-                    inode: identity.inode,
-                    boot_id: boot_id.to_owned(),
-                }
+            .records(&self.boot_id)
+            .map(|(pid, identity, boot_id)| PinRecord {
+                pid: pid.get(),
+                start: identity.start,
+                inode: identity.inode,
+                boot_id: boot_id.to_owned(),
             })
             .collect();
         records.sort_by_key(|r| r.pid);
@@ -385,7 +452,7 @@ mod tests {
         assert!(same_boot.warning.is_none());
         assert_eq!(
             same_boot.pins.get(pid(100)),
-            Some(&Pin::ThisBoot(Identity {
+            Some(Pin::ThisBoot(Identity {
                 start: 5,
                 inode: Some(9)
             }))
@@ -395,7 +462,7 @@ mod tests {
 
         let other_boot = StateFile::new(path, "boot-b".into()).load();
         assert!(
-            matches!(other_boot.pins.get(pid(100)), Some(Pin::EarlierBoot { boot_id, .. }) if &**boot_id == "boot-a")
+            matches!(other_boot.pins.get(pid(100)), Some(Pin::EarlierBoot { boot_id, .. }) if &*boot_id == "boot-a")
         );
     }
 
