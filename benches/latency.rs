@@ -497,6 +497,9 @@ fn main() {
     let big = Tetherd::start(&filler);
     let load_time = load_start.elapsed();
     let mut big_stream = UnixStream::connect(&big.socket).unwrap();
+    // Let the daemon see the start-up status connection close and accept
+    // this one before the idle window opens.
+    std::thread::sleep(Duration::from_secs(1));
     let (rss_big, cpu0, vol0, invol0) = big.usage();
     std::thread::sleep(Duration::from_secs(idle_secs));
     let (_, cpu1, vol1, invol1) = big.usage();

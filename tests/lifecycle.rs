@@ -70,7 +70,8 @@ fn pins_are_written_to_the_state_file() {
     let parent = Proc::sleeper();
     let child = Proc::sleeper();
     let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), ""));
-    let state = fs::read_to_string(&daemon.state).expect("state file written at start");
+    let pins_file = daemon.state.with_extension("pins.json");
+    let state = fs::read_to_string(&pins_file).expect("pins file written at start");
     let json: serde_json::Value = serde_json::from_str(&state).unwrap();
     let pins = json["pins"].as_array().unwrap();
     let find = |pid: i32| pins.iter().find(|p| p["pid"] == pid).cloned().unwrap();

@@ -121,8 +121,9 @@ pub struct Daemon {
     timers: BinaryHeap<Reverse<(Instant, BindingId)>>,
     pins: Pins,
     state: StateFile,
-    /// Socket bindings changed since the state file was written.
-    state_dirty: bool,
+    /// Whether socket bindings changed since the state file was written,
+    /// and whether the change must be on disk before anyone is told.
+    state_dirty: Dirty,
     options: Options,
     /// `[defaults]`, for socket bindings that leave options out.
     defaults: Defaults,
@@ -198,7 +199,7 @@ impl Daemon {
             timers: BinaryHeap::new(),
             pins: loaded.pins,
             state,
-            state_dirty: false,
+            state_dirty: Dirty::Clean,
             options,
             defaults: config.defaults,
             max_per_uid: config.daemon.max_bindings_per_uid,
@@ -432,7 +433,7 @@ impl Daemon {
                     "socket binding #{} (uid {}) dropped: made in an earlier boot, its processes are gone",
                     binding.id, binding.uid
                 );
-                self.state_dirty = true;
+                self.state_dirty.mark(Dirty::Lazy);
                 continue;
             }
             match saved_spec(&binding) {
@@ -440,7 +441,7 @@ impl Daemon {
                     let origin = Origin::Socket { uid: binding.uid };
                     let id = binding.id;
                     if self.add_with_id(Rc::new(spec), origin, id).is_none() {
-                        self.state_dirty = true;
+                        self.state_dirty.mark(Dirty::Lazy);
                     }
                 }
                 Err(why) => {
@@ -448,7 +449,7 @@ impl Daemon {
                         "socket binding #{} in the state file dropped: {why}",
                         binding.id
                     );
-                    self.state_dirty = true;
+                    self.state_dirty.mark(Dirty::Lazy);
                 }
             }
         }
@@ -460,15 +461,24 @@ impl Daemon {
         }
     }
 
-    /// Writes the state file if anything in it changed.
+    /// Writes the pins and the state file if anything in them changed.
     fn save_state(&mut self) -> Result<(), String> {
-        if !self.pins.is_dirty() && !self.state_dirty {
+        if self.pins.is_dirty() {
+            self.state.save_pins(&mut self.pins).map_err(|err| {
+                format!(
+                    "cannot write the pins file {}: {err}",
+                    self.state.pins_path().display()
+                )
+            })?;
+        }
+        if self.state_dirty == Dirty::Clean {
             return Ok(());
         }
         let saved = self.saved_bindings();
-        match self.state.save(&mut self.pins, saved, self.next_id) {
+        let durable = self.state_dirty == Dirty::Durable;
+        match self.state.save_bindings(saved, self.next_id, durable) {
             Ok(()) => {
-                self.state_dirty = false;
+                self.state_dirty = Dirty::Clean;
                 Ok(())
             }
             Err(err) => Err(format!(
@@ -610,7 +620,7 @@ impl Daemon {
             self.ids.insert(public_id, id);
         }
         if matches!(origin, Origin::Socket { .. }) {
-            self.state_dirty = true;
+            self.state_dirty.mark(Dirty::Durable);
         }
         let binding = self.bindings.get_mut(id)?;
         if binding.n_live_children() == 0 {
@@ -924,9 +934,29 @@ impl Daemon {
         {
             self.ids.remove(&binding.id);
         }
+        // A socket binding that is done or removed need not be on disk at
+        // once: if the daemon dies first, it is restored and found done
+        // again. An unbind, which is acknowledged, asks for durability.
         if matches!(binding.origin, Origin::Socket { .. }) {
-            self.state_dirty = true;
+            self.state_dirty.mark(Dirty::Lazy);
         }
+    }
+}
+
+/// How urgently the state file must be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirty {
+    /// Nothing changed.
+    Clean,
+    /// Write it, without fsync.
+    Lazy,
+    /// Write and fsync it before any answer goes out.
+    Durable,
+}
+
+impl Dirty {
+    fn mark(&mut self, level: Dirty) {
+        *self = (*self).max(level);
     }
 }
 

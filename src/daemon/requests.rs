@@ -31,8 +31,19 @@ const READ_BUDGET_LINES: usize = 64;
 pub(super) struct Reply {
     conn: usize,
     response: Response,
-    /// The binding this answer acknowledges: it must be on disk first.
-    durable: Option<u64>,
+    /// What this answer acknowledges, which must be on disk first.
+    durable: Ack,
+}
+
+/// What an answer acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ack {
+    /// Nothing that changes the state file.
+    Nothing,
+    /// A new binding: undone if it cannot be written.
+    Bind(u64),
+    /// A removed binding: reported if it cannot be written.
+    Unbind(u64),
 }
 
 impl Daemon {
@@ -145,7 +156,7 @@ impl Daemon {
             let (response, durable) = if incoming.oversized {
                 let why = format!("request refused: longer than {MAX_LINE} bytes, or more descriptors than allowed");
                 self.refuse(&peer, "request", &why);
-                (Response::error(why), None)
+                (Response::error(why), Ack::Nothing)
             } else {
                 self.handle_line(&peer, &incoming.line, incoming.fds)
             };
@@ -181,12 +192,15 @@ impl Daemon {
         let mut touched = Vec::new();
         for reply in replies {
             let response = match (&saved, reply.durable) {
-                (Err(err), Some(public_id)) => {
+                (Err(err), Ack::Bind(public_id)) => {
                     if let Some(&id) = self.ids.get(&public_id) {
                         self.remove(id, "its binding could not be written to the state file");
                     }
                     Response::error(format!("binding not made: {err}"))
                 }
+                (Err(err), Ack::Unbind(public_id)) => Response::error(format!(
+                    "binding {public_id} is removed, but {err}; a restart before the write succeeds would bring it back"
+                )),
                 _ => reply.response,
             };
             let Some(conn) = self.conns.get_mut(reply.conn).and_then(Option::as_mut) else {
@@ -218,18 +232,13 @@ impl Daemon {
         peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw()
     }
 
-    fn handle_line(
-        &mut self,
-        peer: &PeerCred,
-        line: &[u8],
-        fds: Vec<OwnedFd>,
-    ) -> (Response, Option<u64>) {
+    fn handle_line(&mut self, peer: &PeerCred, line: &[u8], fds: Vec<OwnedFd>) -> (Response, Ack) {
         let request = match Request::parse(line) {
             Ok(request) => request,
             Err(err) => {
                 let why = format!("bad request: {err}");
                 self.refuse(peer, "request", &why);
-                return (Response::error(why), None);
+                return (Response::error(why), Ack::Nothing);
             }
         };
         match request.op {
@@ -239,18 +248,18 @@ impl Daemon {
                         id: Some(id),
                         ..Response::ok()
                     },
-                    Some(id),
+                    Ack::Bind(id),
                 ),
                 Err(why) => {
                     self.refuse(peer, "bind", &why);
-                    (Response::error(why), None)
+                    (Response::error(why), Ack::Nothing)
                 }
             },
             Op::Unbind { id } => match self.unbind(peer, id) {
-                Ok(()) => (Response::ok(), None),
+                Ok(()) => (Response::ok(), Ack::Unbind(id)),
                 Err(why) => {
                     self.refuse(peer, "unbind", &why);
-                    (Response::error(why), None)
+                    (Response::error(why), Ack::Nothing)
                 }
             },
             Op::List => (
@@ -258,20 +267,20 @@ impl Daemon {
                     bindings: Some(self.list(peer)),
                     ..Response::ok()
                 },
-                None,
+                Ack::Nothing,
             ),
             Op::Status => (
                 Response {
                     status: Some(self.status()),
                     ..Response::ok()
                 },
-                None,
+                Ack::Nothing,
             ),
             Op::Reload => {
                 if !Self::is_admin(peer) {
                     let why = "reload is for root or the daemon's own user".to_string();
                     self.refuse(peer, "reload", &why);
-                    return (Response::error(why), None);
+                    return (Response::error(why), Ack::Nothing);
                 }
                 info!(
                     "reload requested by uid {} pid {}",
@@ -284,7 +293,7 @@ impl Daemon {
                             reload: Some(info),
                             ..Response::ok()
                         },
-                        None,
+                        Ack::Nothing,
                     ),
                     Err(errors) => (
                         Response {
@@ -294,7 +303,7 @@ impl Daemon {
                                 errors.0.len()
                             ))
                         },
-                        None,
+                        Ack::Nothing,
                     ),
                 }
             }
@@ -502,6 +511,7 @@ impl Daemon {
                 Err(format!("no binding {public_id}"))
             }
             Origin::Socket { .. } => {
+                self.state_dirty.mark(super::Dirty::Durable);
                 self.remove(
                     id,
                     &format!("unbound by uid {} pid {}", peer.uid, peer_pid(peer)),

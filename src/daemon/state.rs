@@ -164,23 +164,35 @@ impl Pins {
     }
 }
 
-/// The state file on disk.
+/// The state on disk: the state file (socket bindings) and, beside it, the
+/// pins file (`state.pins.json` for `state.json`).
 #[derive(Debug)]
 pub struct StateFile {
     path: PathBuf,
+    pins_path: PathBuf,
     boot_id: String,
 }
 
+/// The state file proper: socket bindings, small and rewritten on every
+/// bind, so a bind's fsync does not grow with the number of config pins.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OnDisk {
+struct BindingsOnDisk {
     version: u32,
     #[serde(default)]
     next_id: u64,
     #[serde(default)]
-    pins: Vec<PinRecord>,
-    #[serde(default)]
     bindings: Vec<SavedBinding>,
+}
+
+/// The pins file beside it: rewritten only when configured pids are first
+/// seen or forgotten (at load and reload).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinsOnDisk {
+    version: u32,
+    #[serde(default)]
+    pins: Vec<PinRecord>,
 }
 
 /// A socket binding as the state file keeps it.
@@ -247,7 +259,17 @@ struct PinRecord {
 impl StateFile {
     /// A state file at `path` for the boot `boot_id`.
     pub fn new(path: PathBuf, boot_id: String) -> Self {
-        StateFile { path, boot_id }
+        let pins_path = path.with_extension("pins.json");
+        StateFile {
+            path,
+            pins_path,
+            boot_id,
+        }
+    }
+
+    /// Where the pins live.
+    pub fn pins_path(&self) -> &Path {
+        &self.pins_path
     }
 
     /// Where the file lives.
@@ -262,53 +284,39 @@ impl StateFile {
 
     /// Reads the state. A missing file is an empty state. A file that
     /// cannot be read or parsed is moved aside (the warning says where) and
-    /// an empty state is returned.
+    /// the daemon goes on without it.
     pub fn load(&self) -> Loaded {
-        let bytes = match fs::read(&self.path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Loaded::default(),
-            Err(err) => {
-                let warning = format!(
-                    "{}: cannot read the state file: {err}; starting without it",
-                    self.path.display()
-                );
-                return Loaded {
-                    warning: Some(warning),
-                    ..Loaded::default()
-                };
+        let mut loaded = Loaded::default();
+        let mut warnings = Vec::new();
+        match read_or_set_aside(&self.path, "state file", |bytes| {
+            let on_disk: BindingsOnDisk =
+                serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            check_version(on_disk.version)?;
+            Ok(on_disk)
+        }) {
+            Ok(Some(on_disk)) => {
+                loaded.bindings = on_disk.bindings;
+                loaded.next_id = on_disk.next_id;
             }
-        };
-        match self.decode(&bytes) {
-            Ok(loaded) => loaded,
-            Err(why) => {
-                let aside = self.set_aside();
-                let warning = match aside {
-                    Ok(to) => format!(
-                        "{}: corrupt state file ({why}); moved it to {} and starting without it",
-                        self.path.display(),
-                        to.display()
-                    ),
-                    Err(err) => format!(
-                        "{}: corrupt state file ({why}) that cannot be moved aside ({err}); starting without it",
-                        self.path.display()
-                    ),
-                };
-                Loaded {
-                    warning: Some(warning),
-                    ..Loaded::default()
-                }
-            }
+            Ok(None) => {}
+            Err(warning) => warnings.push(warning),
         }
+        match read_or_set_aside(&self.pins_path, "pins file", |bytes| {
+            self.decode_pins(bytes)
+        }) {
+            Ok(Some(pins)) => loaded.pins = pins,
+            Ok(None) => {}
+            Err(warning) => warnings.push(warning),
+        }
+        if !warnings.is_empty() {
+            loaded.warning = Some(warnings.join("; "));
+        }
+        loaded
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Loaded, String> {
-        let on_disk: OnDisk = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
-        if on_disk.version != STATE_VERSION {
-            return Err(format!(
-                "version {} (this tetherd reads version {STATE_VERSION})",
-                on_disk.version
-            ));
-        }
+    fn decode_pins(&self, bytes: &[u8]) -> Result<Pins, String> {
+        let on_disk: PinsOnDisk = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
+        check_version(on_disk.version)?;
         let mut pins = Pins::default();
         for record in on_disk.pins {
             let pid = Pid::try_from(i64::from(record.pid))?;
@@ -322,33 +330,28 @@ impl StateFile {
                 pins.insert_earlier(pid, identity, record.boot_id);
             }
         }
-        Ok(Loaded {
-            pins,
-            bindings: on_disk.bindings,
-            next_id: on_disk.next_id,
-            warning: None,
-        })
+        Ok(pins)
     }
 
-    fn set_aside(&self) -> io::Result<PathBuf> {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut name = self.path.as_os_str().to_owned();
-        name.push(format!(".corrupt-{secs}"));
-        let to = PathBuf::from(name);
-        fs::rename(&self.path, &to)?;
-        Ok(to)
-    }
-
-    /// Writes the state atomically and marks the pins clean.
-    pub fn save(
+    /// Writes the socket bindings atomically; with `durable`, also fsyncs
+    /// (before a bind or unbind is acknowledged).
+    pub fn save_bindings(
         &self,
-        pins: &mut Pins,
         bindings: Vec<SavedBinding>,
         next_id: u64,
+        durable: bool,
     ) -> io::Result<()> {
+        let on_disk = BindingsOnDisk {
+            version: STATE_VERSION,
+            next_id,
+            bindings,
+        };
+        let bytes = serde_json::to_vec(&on_disk).map_err(io::Error::other)?;
+        write_atomically(&self.path, &bytes, durable)
+    }
+
+    /// Writes the pins atomically and durably, and marks them clean.
+    pub fn save_pins(&self, pins: &mut Pins) -> io::Result<()> {
         let mut records: Vec<PinRecord> = pins
             .records(&self.boot_id)
             .map(|(pid, identity, boot_id)| PinRecord {
@@ -359,22 +362,78 @@ impl StateFile {
             })
             .collect();
         records.sort_by_key(|r| r.pid);
-        let on_disk = OnDisk {
+        let on_disk = PinsOnDisk {
             version: STATE_VERSION,
-            next_id,
             pins: records,
-            bindings,
         };
         let bytes = serde_json::to_vec(&on_disk).map_err(io::Error::other)?;
-        write_atomically(&self.path, &bytes)?;
+        write_atomically(&self.pins_path, &bytes, true)?;
         pins.dirty = false;
         Ok(())
     }
 }
 
+fn check_version(version: u32) -> Result<(), String> {
+    if version == STATE_VERSION {
+        Ok(())
+    } else {
+        Err(format!(
+            "version {version} (this tetherd reads version {STATE_VERSION})"
+        ))
+    }
+}
+
+/// Reads and decodes `path`: `Ok(None)` if it does not exist, `Err` with a
+/// warning if it cannot be read or decoded (then it is moved aside, so the
+/// daemon starts rather than crash-loops, and the file stays for a look).
+fn read_or_set_aside<T>(
+    path: &Path,
+    what: &str,
+    decode: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<Option<T>, String> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => {
+            return Err(format!(
+                "{}: cannot read the {what}: {err}; starting without it",
+                path.display()
+            ))
+        }
+    };
+    match decode(&bytes) {
+        Ok(value) => Ok(Some(value)),
+        Err(why) => Err(match set_aside(path) {
+            Ok(to) => format!(
+                "{}: corrupt {what} ({why}); moved it to {} and starting without it",
+                path.display(),
+                to.display()
+            ),
+            Err(err) => format!(
+                "{}: corrupt {what} ({why}) that cannot be moved aside ({err}); starting without it",
+                path.display()
+            ),
+        }),
+    }
+}
+
+fn set_aside(path: &Path) -> io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{secs}"));
+    let to = PathBuf::from(name);
+    fs::rename(path, &to)?;
+    Ok(to)
+}
+
 /// Writes `bytes` to `path` so that a crash at any moment leaves either the
-/// old file or the new one: temporary file, fsync, rename, fsync directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// old file or the new one: temporary file, rename. With `durable`, the
+/// file is fsynced before the rename and the directory after it, so the
+/// new content survives a crash too.
+pub fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -395,9 +454,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -445,7 +509,8 @@ mod tests {
             grace: "5s".into(),
             kill: "process".into(),
         };
-        file.save(&mut pins, vec![saved.clone()], 8).unwrap();
+        file.save_pins(&mut pins).unwrap();
+        file.save_bindings(vec![saved.clone()], 8, true).unwrap();
         assert!(!pins.is_dirty());
 
         let same_boot = file.load();
@@ -484,7 +549,7 @@ mod tests {
     fn wrong_version_is_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        fs::write(&path, br#"{"version": 99, "pins": []}"#).unwrap();
+        fs::write(&path, br#"{"version": 99}"#).unwrap();
         let loaded = StateFile::new(path, "b".into()).load();
         assert!(loaded.warning.unwrap().contains("version 99"));
     }
