@@ -251,6 +251,9 @@ impl Daemon {
                 if token == SIGNAL_TOKEN {
                     if let Some(stop) = self.handle_signals() {
                         self.commit();
+                        if let Err(err) = self.save_state_if(Dirty::Lazy) {
+                            error!("{err}");
+                        }
                         info!(
                             "stopping on {}; {} bindings left unwatched, children untouched",
                             signal_name(stop),
@@ -462,7 +465,15 @@ impl Daemon {
     }
 
     /// Writes the pins and the state file if anything in them changed.
+    /// A lazy change alone (a socket binding that is done) waits for the
+    /// next durable write or for the daemon's exit: writing it costs time
+    /// in the loop, and a stale entry is harmless, since at restore its
+    /// processes are found gone or not the pinned ones.
     fn save_state(&mut self) -> Result<(), String> {
+        self.save_state_if(Dirty::Durable)
+    }
+
+    fn save_state_if(&mut self, at_least: Dirty) -> Result<(), String> {
         if self.pins.is_dirty() {
             self.state.save_pins(&mut self.pins).map_err(|err| {
                 format!(
@@ -471,7 +482,7 @@ impl Daemon {
                 )
             })?;
         }
-        if self.state_dirty == Dirty::Clean {
+        if self.state_dirty == Dirty::Clean || self.state_dirty < at_least {
             return Ok(());
         }
         let saved = self.saved_bindings();
