@@ -128,6 +128,10 @@ pub struct Response {
     /// What went wrong (when `ok` is false), one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A machine-readable reason for some refusals: `parent_gone` (a bind
+    /// with `require_live_parent` whose parent has exited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     /// Further error lines (a refused reload's configuration errors).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -152,6 +156,7 @@ impl Response {
             v: VERSION,
             ok: true,
             error: None,
+            code: None,
             errors: Vec::new(),
             id: None,
             bindings: None,

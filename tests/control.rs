@@ -106,7 +106,7 @@ fn bind_refusals_are_one_line_errors() {
         p.kill9();
         pid.to_string()
     };
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 3] = [
         (&["bind", "--parent", &me, "--child", &me], "pid "),
         (
             &["bind", "--parent", &me, "--child", &dead],
@@ -115,10 +115,6 @@ fn bind_refusals_are_one_line_errors() {
         (
             &["bind", "--parent", "1", "--child", &other],
             "pid 1 cannot be bound",
-        ),
-        (
-            &["bind", "--parent", &me, "--child", &other, "--kill", "tree"],
-            "kill mode \"tree\" is not available",
         ),
     ];
     for (args, expected) in cases {
@@ -130,6 +126,10 @@ fn bind_refusals_are_one_line_errors() {
         );
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
+    let (code, _, err) =
+        daemon.ctl(&["bind", "--parent", &me, "--child", &other, "--kill", "tree"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("kill mode \"tree\" is not available"), "{err}");
     let (code, _, err) = daemon.ctl(&["bind", "--parent", "x", "--child", "2"]);
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = daemon.ctl(&["bind", "--parent", "5", "--child", "6", "--grace", "5 sec"]);
@@ -551,4 +551,28 @@ fn an_unprivileged_user_binds_only_what_it_owns_and_is_capped() {
             .len(),
         3
     );
+}
+
+#[test]
+fn a_bind_requiring_a_live_parent_says_why_in_a_code() {
+    let daemon = TestDaemon::start("");
+    let mut gone = Proc::sleeper();
+    let pid = gone.pid();
+    gone.kill9();
+    let child = Proc::sleeper();
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    let request = format!(
+        "{{\"v\":1,\"op\":\"bind\",\"parent\":{{\"pid\":{pid}}},\"children\":[{{\"pid\":{}}}],\"require_live_parent\":true}}\n",
+        child.pid()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut line).unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["ok"], false);
+    assert_eq!(answer["code"], "parent_gone", "{line}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("the parent {pid} has already exited")));
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use tether::config::{parse_duration, parse_signal};
+use tether::config::{parse_duration, parse_kill, parse_signal};
 use tether::protocol::{BindRequest, BindingInfo, Op, ProcRef, Request, Response, VERSION};
 
 /// Exit codes, documented in `--help` and tetherctl(1).
@@ -61,8 +61,9 @@ See tetherctl(1) and docs/protocol.md.";
 #[command(name = "tetherctl", version, about, after_help = AFTER_HELP)]
 struct Cli {
     /// The control socket [default: $TETHER_SOCKET, else
-    /// /run/tether/tether.sock as root, $XDG_RUNTIME_DIR/tether/tether.sock
-    /// otherwise]
+    /// /run/tether/tether.sock as root; otherwise
+    /// $XDG_RUNTIME_DIR/tether/tether.sock if it exists, else the system
+    /// socket /run/tether/tether.sock]
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
 
@@ -125,15 +126,27 @@ struct BindingOptions {
     /// Signal sent to the children (name or number) [default: the daemon's]
     #[arg(long, value_name = "SIGNAL", value_parser = check_signal)]
     signal: Option<String>,
-    /// Time from the signal to SIGKILL ("5s", "500ms", "never")
+    /// Time from the signal to SIGKILL ("5s", "500ms", "never") [default:
+    /// the daemon's]
     #[arg(long, value_name = "DURATION", value_parser = check_grace)]
     grace: Option<String>,
     /// What to signal: process (group and tree are not available yet)
-    #[arg(long, value_name = "MODE")]
+    /// [default: the daemon's]
+    #[arg(long, value_name = "MODE", value_parser = check_kill)]
     kill: Option<String>,
     /// A label for logs and `list`
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+}
+
+/// The user's own daemon if one is listening, else the system daemon.
+fn default_socket() -> PathBuf {
+    let own = tether::paths::default_socket();
+    let system = PathBuf::from("/run/tether/tether.sock");
+    if own != system && !own.exists() && system.exists() {
+        return system;
+    }
+    own
 }
 
 fn parse_proc(s: &str) -> Result<ProcRef, String> {
@@ -166,13 +179,17 @@ fn check_grace(s: &str) -> Result<String, String> {
     parse_duration(s).map(|_| s.to_owned())
 }
 
+fn check_kill(s: &str) -> Result<String, String> {
+    parse_kill(s).map(|_| s.to_owned())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli
         .socket
         .clone()
         .or_else(|| std::env::var_os("TETHER_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(tether::paths::default_socket);
+        .unwrap_or_else(default_socket);
     let result = match cli.command {
         Command::Bind {
             parent,

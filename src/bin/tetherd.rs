@@ -55,7 +55,8 @@ struct Args {
     #[arg(short, long, value_name = "PATH")]
     config: Option<PathBuf>,
 
-    /// State file for pins remembered across restarts [default: [daemon]
+    /// State file for socket bindings (with pins of configured pids beside
+    /// it, in STATE.pins.json), kept across restarts [default: [daemon]
     /// state, else /var/lib/tether/state.json as root,
     /// $XDG_STATE_HOME/tether/state.json otherwise]
     #[arg(long, value_name = "PATH")]

@@ -16,7 +16,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, ProcSpec, Signal,
 };
-pub use validate::{parse_duration, parse_signal};
+pub use validate::{parse_duration, parse_kill, parse_signal};
 
 use std::fs::File;
 use std::io::Read;

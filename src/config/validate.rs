@@ -125,8 +125,8 @@ fn signal_number(number: i64) -> Result<Signal, String> {
         .ok_or_else(|| format!("{number} is not a signal number"))
 }
 
-/// Parses a `kill` mode.
-fn parse_kill(s: &str) -> Result<KillMode, String> {
+/// Parses a `kill` mode (the modes this version can carry out).
+pub fn parse_kill(s: &str) -> Result<KillMode, String> {
     match s {
         "process" => Ok(KillMode::Process),
         "group" | "tree" => Err(format!(

@@ -57,16 +57,6 @@ pub enum Origin {
     },
 }
 
-impl Origin {
-    /// The uid that owns the binding (root for the configuration file).
-    pub fn uid(self) -> u32 {
-        match self {
-            Origin::Config => 0,
-            Origin::Socket { uid } => uid,
-        }
-    }
-}
-
 /// `binding "name"` or `binding PARENT->CHILD`, with the id and uid for
 /// socket bindings.
 pub fn label(spec: &BindingSpec, origin: Origin, id: u64) -> String {

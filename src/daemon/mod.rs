@@ -37,8 +37,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{
-    self, parse_duration, parse_signal, BindingSpec, Config, ConfigErrors, Defaults, Grace,
-    KillMode, Pid, ProcSpec, Signal, Trust,
+    self, parse_duration, parse_kill, parse_signal, BindingSpec, Config, ConfigErrors, Defaults,
+    Grace, Pid, ProcSpec, Signal, Trust,
 };
 use crate::protocol::ReloadInfo;
 use crate::watch::{Backend, Delivery, Identity, OpenError, Watcher};
@@ -349,6 +349,15 @@ impl Daemon {
         }
         self.defaults = config.defaults;
         self.max_per_uid = config.daemon.max_bindings_per_uid;
+        if let Some(socket) = &config.daemon.socket {
+            if self.options.socket_path.is_none() && socket != self.control.path() {
+                warn!(
+                    "[daemon] socket changed to {}; the daemon keeps serving {} until it restarts",
+                    socket.display(),
+                    self.control.path().display()
+                );
+            }
+        }
         if let Some(state) = &config.daemon.state {
             if self.options.state_path.is_none() && state != self.state.path() {
                 warn!(
@@ -1040,17 +1049,4 @@ fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
         grace: parse_duration(&saved.grace)?,
         kill: parse_kill(&saved.kill)?,
     })
-}
-
-/// The kill modes this version can carry out.
-pub fn parse_kill(mode: &str) -> Result<KillMode, String> {
-    match mode {
-        "process" => Ok(KillMode::Process),
-        "group" | "tree" => Err(format!(
-            "kill mode \"{mode}\" is not available in this version (only \"process\")"
-        )),
-        other => Err(format!(
-            "unknown kill mode \"{other}\" (expected \"process\", \"group\" or \"tree\")"
-        )),
-    }
 }

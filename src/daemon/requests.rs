@@ -15,13 +15,16 @@ use mio::Token;
 
 use super::bindings::{Member, MAX_CHILDREN};
 use super::control::{Conn, IDLE_TIMEOUT, MAX_CONNECTIONS};
-use super::{parse_kill, Daemon, Handle, Origin, Phase, Proven, CONN_TOKENS};
-use crate::config::{parse_duration, parse_signal, BindingSpec, Pid, ProcSpec};
+use super::{Daemon, Handle, Origin, Phase, Proven, CONN_TOKENS};
+use crate::config::{parse_duration, parse_kill, parse_signal, BindingSpec, Pid, ProcSpec};
 use crate::protocol::{
     BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo, MAX_LINE,
 };
 use crate::sys::PeerCred;
 use crate::watch::{Backend, Identity};
+
+/// How a refusal for a parent already gone starts (see `code`).
+const PARENT_GONE: &str = "the parent";
 
 /// Bytes read from one connection per wakeup before the others get a turn.
 const READ_BUDGET_LINES: usize = 64;
@@ -252,7 +255,16 @@ impl Daemon {
                 ),
                 Err(why) => {
                     self.refuse(peer, "bind", &why);
-                    (Response::error(why), Ack::Nothing)
+                    let code = why
+                        .starts_with(PARENT_GONE)
+                        .then(|| "parent_gone".to_owned());
+                    (
+                        Response {
+                            code,
+                            ..Response::error(why)
+                        },
+                        Ack::Nothing,
+                    )
                 }
             },
             Op::Unbind { id } => match self.unbind(peer, id) {
@@ -371,7 +383,7 @@ impl Daemon {
             Proven::Live(member, identity) => Some((member, identity)),
             Proven::Gone(why) if req.require_live_parent => {
                 return Err(format!(
-                    "the parent {parent_pid} has already exited ({why})"
+                    "{PARENT_GONE} {parent_pid} has already exited ({why})"
                 ))
             }
             Proven::Gone(why) => {
@@ -534,7 +546,11 @@ impl Daemon {
                     Origin::Config => "config".into(),
                     Origin::Socket { .. } => "socket".into(),
                 },
-                uid: b.origin.uid(),
+                uid: match b.origin {
+                    // The configuration file is the daemon's own.
+                    Origin::Config => nix::unistd::geteuid().as_raw(),
+                    Origin::Socket { uid } => uid,
+                },
                 parent: b.spec.parent.pid.get(),
                 children: b.spec.children.iter().map(|c| c.pid.get()).collect(),
                 signal: b.spec.signal.to_string(),
