@@ -40,12 +40,19 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
     if soft >= hard {
-        return Ok(soft);
+        return Ok(rlim_to_u64(soft));
     }
     match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-        Ok(()) => Ok(hard),
-        Err(_) => Ok(soft),
+        Ok(()) => Ok(rlim_to_u64(hard)),
+        Err(_) => Ok(rlim_to_u64(soft)),
     }
+}
+
+/// `rlim_t` is u64 on Linux and i64 on the BSDs (where negative means
+/// infinity).
+#[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+fn rlim_to_u64(limit: libc::rlim_t) -> u64 {
+    u64::try_from(limit).unwrap_or(u64::MAX)
 }
 
 /// Gives freed heap pages back to the kernel after a large one-off
