@@ -126,10 +126,17 @@ fn bind_refusals_are_one_line_errors() {
         );
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
-    let (code, _, err) =
-        daemon.ctl(&["bind", "--parent", &me, "--child", &other, "--kill", "tree"]);
+    let (code, _, err) = daemon.ctl(&[
+        "bind",
+        "--parent",
+        &me,
+        "--child",
+        &other,
+        "--kill",
+        "everything",
+    ]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("kill mode \"tree\" is not available"), "{err}");
+    assert!(err.contains("unknown kill mode \"everything\""), "{err}");
     let (code, _, err) = daemon.ctl(&["bind", "--parent", "x", "--child", "2"]);
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = daemon.ctl(&["bind", "--parent", "5", "--child", "6", "--grace", "5 sec"]);

@@ -19,6 +19,7 @@ mod util;
 
 mod check;
 mod control;
+mod kill_modes;
 mod lifecycle;
 mod orphan;
 mod reload;

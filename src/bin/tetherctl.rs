@@ -130,7 +130,8 @@ struct BindingOptions {
     /// the daemon's]
     #[arg(long, value_name = "DURATION", value_parser = check_grace)]
     grace: Option<String>,
-    /// What to signal: process (group and tree are not available yet)
+    /// What to signal: process, group (the child's process group) or tree
+    /// (the child and its descendants)
     /// [default: the daemon's]
     #[arg(long, value_name = "MODE", value_parser = check_kill)]
     kill: Option<String>,

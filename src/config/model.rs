@@ -223,12 +223,19 @@ pub enum KillMode {
     /// Only the bound child processes.
     #[default]
     Process,
+    /// The process group each bound child had when the binding was made.
+    Group,
+    /// Each bound child and every descendant it has when the parent exits
+    /// (and, at escalation, every descendant forked since).
+    Tree,
 }
 
 impl fmt::Display for KillMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KillMode::Process => f.write_str("process"),
+            KillMode::Group => f.write_str("group"),
+            KillMode::Tree => f.write_str("tree"),
         }
     }
 }

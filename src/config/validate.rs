@@ -125,13 +125,12 @@ fn signal_number(number: i64) -> Result<Signal, String> {
         .ok_or_else(|| format!("{number} is not a signal number"))
 }
 
-/// Parses a `kill` mode (the modes this version can carry out).
+/// Parses a `kill` mode.
 pub fn parse_kill(s: &str) -> Result<KillMode, String> {
     match s {
         "process" => Ok(KillMode::Process),
-        "group" | "tree" => Err(format!(
-            "kill mode {s:?} is not available in this version (only \"process\")"
-        )),
+        "group" => Ok(KillMode::Group),
+        "tree" => Ok(KillMode::Tree),
         _ => Err(format!(
             "unknown kill mode {s:?} (expected \"process\", \"group\" or \"tree\")"
         )),
@@ -1433,13 +1432,13 @@ state = "state.json"
 [defaults]
 signal = "SIGFOO"
 grace = "5 sec"
-kill = "group"
+kill = "gruop"
 sgnal = 1
 "#,
             &[
                 r#"t.toml:3:10: [defaults]: signal: "SIGFOO" is not a signal name (try SIGTERM)"#,
                 r#"t.toml:4:9: [defaults]: grace: invalid duration "5 sec" (expected e.g. "500ms", "5s", "2m" or "never")"#,
-                r#"t.toml:5:8: [defaults]: kill: kill mode "group" is not available in this version (only "process")"#,
+                r#"t.toml:5:8: [defaults]: kill: unknown kill mode "gruop" (expected "process", "group" or "tree")"#,
                 r#"t.toml:6:1: [defaults]: unknown key "sgnal" (expected one of: signal, grace, kill) (did you mean "signal"?)"#,
             ],
         );
@@ -1447,7 +1446,6 @@ sgnal = 1
             "[defaults]\ngrace = 5\nkill = \"tree\"\n",
             &[
                 r#"t.toml:2:9: [defaults]: grace: expected a string such as "5s", found an integer (for seconds write "5s")"#,
-                r#"t.toml:3:8: [defaults]: kill: kill mode "tree" is not available in this version (only "process")"#,
             ],
         );
     }

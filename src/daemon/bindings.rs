@@ -110,6 +110,22 @@ pub struct Binding<H> {
     pub children: Vec<Option<Member<H>>>,
     /// Where the binding is in its life.
     pub phase: Phase,
+    /// For `kill = "group"` and `"tree"`: what widens the signal beyond the
+    /// bound children. `None` for `"process"`.
+    pub scope: Option<Box<Scope<H>>>,
+}
+
+/// The wider set a group or tree binding signals.
+#[derive(Debug)]
+pub struct Scope<H> {
+    /// `kill = "group"`: the process group of each bound child when the
+    /// binding was made (0 where none was recorded), by child index.
+    pub groups: Vec<i32>,
+    /// Members found when the parent exited or at escalation (not the
+    /// bound children), each held by a handle proven against the process
+    /// table's entry, so a reused pid is never among them. Not registered
+    /// for exit events: they are signalled, not waited for.
+    pub extras: Vec<Member<H>>,
 }
 
 impl<H> Binding<H> {
@@ -299,6 +315,7 @@ mod tests {
             parent: None,
             children: vec![None],
             phase: Phase::Armed,
+            scope: None,
         }
     }
 

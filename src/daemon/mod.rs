@@ -38,11 +38,11 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{
     self, parse_duration, parse_kill, parse_signal, BindingSpec, Config, ConfigErrors, Defaults,
-    Grace, Pid, ProcSpec, Signal, Trust,
+    Grace, KillMode, Pid, ProcSpec, Signal, Trust,
 };
 use crate::protocol::ReloadInfo;
-use crate::watch::{Backend, Delivery, Identity, OpenError, Watcher};
-use bindings::{Binding, Bindings, Member, MemberRef, MAX_CHILDREN, RESERVED_TOKENS};
+use crate::watch::{Backend, Delivery, Identity, OpenError, ProcEntry, Watcher};
+use bindings::{Binding, Bindings, Member, MemberRef, Scope, MAX_CHILDREN, RESERVED_TOKENS};
 use control::{Conn, ControlSocket};
 use state::{Pin, Pins, SavedBinding, SavedProc};
 
@@ -135,6 +135,8 @@ pub struct Daemon {
     backlog: Vec<usize>,
     /// Responses waiting for the commit at the end of the iteration.
     replies: Vec<requests::Reply>,
+    /// Why the last binding was refused at insertion, for a socket client.
+    last_refusal: Option<String>,
     started: Instant,
     fd_limit: u64,
 }
@@ -207,6 +209,7 @@ impl Daemon {
             conns: Vec::new(),
             backlog: Vec::new(),
             replies: Vec::new(),
+            last_refusal: None,
             started: Instant::now(),
             fd_limit,
         };
@@ -617,6 +620,24 @@ impl Daemon {
         children: Vec<Option<Member<Handle>>>,
         label: &str,
     ) -> Option<BindingId> {
+        let scope = match spec.kill {
+            KillMode::Process => None,
+            KillMode::Tree => Some(Box::new(Scope {
+                groups: Vec::new(),
+                extras: Vec::new(),
+            })),
+            KillMode::Group => match self.group_check(parent.as_ref(), &children) {
+                Ok(groups) => Some(Box::new(Scope {
+                    groups,
+                    extras: Vec::new(),
+                })),
+                Err(why) => {
+                    error!("{label}: {why}; binding not held");
+                    self.last_refusal = Some(why);
+                    return None;
+                }
+            },
+        };
         let binding = Binding {
             id: public_id,
             origin,
@@ -624,6 +645,7 @@ impl Daemon {
             parent,
             children,
             phase: Phase::Armed,
+            scope,
         };
         let Some(id) = self.bindings.insert(binding) else {
             error!(
@@ -674,6 +696,204 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// The process group of each bound child, for `kill = "group"`.
+    /// Refuses a group that contains the daemon or pid 1 (group ids 0 and
+    /// 1), or that the parent belongs to: then the captive has no group of
+    /// its own, and signalling it would hit the launcher's siblings.
+    fn group_check(
+        &self,
+        parent: Option<&Member<Handle>>,
+        children: &[Option<Member<Handle>>],
+    ) -> Result<Vec<i32>, String> {
+        let own = nix::unistd::getpgrp().as_raw();
+        let parent_group = match parent {
+            Some(p) => self
+                .watcher
+                .entry(p.pid, &p.handle)
+                .map_err(|e| format!("cannot read the parent's process group: {e}"))?
+                .map(|e| e.pgid),
+            None => None,
+        };
+        let mut groups = Vec::with_capacity(children.len());
+        for child in children {
+            let Some(child) = child else {
+                groups.push(0);
+                continue;
+            };
+            let entry = self.watcher.entry(child.pid, &child.handle).map_err(|e| {
+                format!("cannot read the process group of child {}: {e}", child.pid)
+            })?;
+            let Some(entry) = entry else {
+                groups.push(0);
+                continue;
+            };
+            let group = entry.pgid;
+            let pid = child.pid;
+            if group == own {
+                return Err(format!(
+                    "kill = \"group\": child {pid} is in process group {group}, which contains tetherd itself"
+                ));
+            }
+            if group <= 1 {
+                return Err(format!(
+                    "kill = \"group\": child {pid} is in process group {group}, which contains pid 1"
+                ));
+            }
+            if parent_group == Some(group) {
+                return Err(format!(
+                    "kill = \"group\": child {pid} shares process group {group} with its parent, so the captive has no group of its own (use kill = \"tree\")"
+                ));
+            }
+            groups.push(group);
+        }
+        Ok(groups)
+    }
+
+    /// Widens a group or tree binding: finds the members it does not hold
+    /// yet in the process table, opens each and proves it against the
+    /// entry it was found by, and holds it. Returns the index in `extras`
+    /// from which members are new.
+    fn collect(&mut self, id: BindingId) -> usize {
+        let table = match self.watcher.process_table() {
+            Ok(table) => table,
+            Err(err) => {
+                error!("cannot read the process table: {err}; signalling only what is held");
+                return usize::MAX;
+            }
+        };
+        let Some(binding) = self.bindings.get_mut(id) else {
+            return usize::MAX;
+        };
+        let label = binding.label();
+        let mode = binding.spec.kill;
+        let Some(scope) = binding.scope.as_mut() else {
+            return usize::MAX;
+        };
+        let first_new = scope.extras.len();
+        let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        // Who is held and alive now: the roots of the search.
+        let held: Vec<(i32, &Handle)> = binding
+            .children
+            .iter()
+            .flatten()
+            .chain(scope.extras.iter())
+            .filter(|m| !self.watcher.has_exited(&m.handle))
+            .map(|m| (m.pid.get(), &m.handle))
+            .collect();
+        let mut found: Vec<(ProcEntry, i32)> = Vec::new();
+        match mode {
+            KillMode::Process => {}
+            KillMode::Tree => {
+                // Breadth first from every held process: a process whose
+                // parent is held and alive is that process's child, since a
+                // held pid cannot be reused.
+                let mut frontier: Vec<i32> = held.iter().map(|(pid, _)| *pid).collect();
+                let mut seen: HashSet<i32> = frontier.iter().copied().collect();
+                while !frontier.is_empty() {
+                    let mut next = Vec::new();
+                    for e in table.iter().filter(|e| frontier.contains(&e.ppid)) {
+                        if e.pid > 1 && e.pid != me && seen.insert(e.pid) {
+                            found.push((*e, 0));
+                            next.push(e.pid);
+                        }
+                    }
+                    frontier = next;
+                }
+            }
+            KillMode::Group => {
+                let mut groups: Vec<i32> =
+                    scope.groups.iter().copied().filter(|&g| g > 1).collect();
+                groups.sort_unstable();
+                groups.dedup();
+                let held_pids: Vec<i32> = held.iter().map(|(pid, _)| *pid).collect();
+                for group in groups {
+                    // The group id means the recorded group only while the
+                    // group was never empty: prove it by a held, living member.
+                    let proven = held.iter().any(|(pid, handle)| {
+                        Pid::try_from(i64::from(*pid))
+                            .ok()
+                            .and_then(|pid| self.watcher.entry(pid, handle).ok().flatten())
+                            .is_some_and(|e| e.pgid == group)
+                    });
+                    if !proven {
+                        warn!(
+                            "{label}: process group {group} not signalled: no process known to be in it since the binding was made is left, so the id may have been reused"
+                        );
+                        continue;
+                    }
+                    for e in table.iter().filter(|e| e.pgid == group) {
+                        if e.pid > 1 && e.pid != me && !held_pids.contains(&e.pid) {
+                            found.push((*e, group));
+                        }
+                    }
+                }
+            }
+        }
+        let mut proven_members = Vec::new();
+        for (candidate, group) in found {
+            let Ok(pid) = Pid::try_from(i64::from(candidate.pid)) else {
+                continue;
+            };
+            let Ok((handle, _)) = self.watcher.open(pid) else {
+                continue;
+            };
+            // The pid might have been reused between the table and the open:
+            // keep only the process the table showed.
+            let same = match self.watcher.entry(pid, &handle) {
+                Ok(Some(now)) => {
+                    now.start == candidate.start
+                        && match mode {
+                            KillMode::Group => now.pgid == group,
+                            _ => now.ppid == candidate.ppid,
+                        }
+                }
+                _ => false,
+            };
+            if same {
+                proven_members.push(Member { pid, handle });
+            }
+        }
+        if let Some(scope) = self.bindings.get_mut(id).and_then(|b| b.scope.as_mut()) {
+            scope.extras.extend(proven_members);
+        }
+        first_new
+    }
+
+    /// Signals the members of a group or tree binding from index `from`
+    /// on (those still alive).
+    fn signal_extras(&mut self, id: BindingId, from: usize, sig: Signal) {
+        let Some(binding) = self.bindings.get_mut(id) else {
+            return;
+        };
+        let label = binding.label();
+        let what = match binding.spec.kill {
+            KillMode::Group => "group member",
+            _ => "descendant",
+        };
+        let Some(scope) = binding.scope.as_mut() else {
+            return;
+        };
+        for member in scope.extras.iter().skip(from) {
+            if self.watcher.has_exited(&member.handle) {
+                continue;
+            }
+            match self.watcher.signal(&member.handle, sig) {
+                Ok(Delivery::Sent) => info!("{label}: sent {sig} to {what} {}", member.pid),
+                Ok(Delivery::Gone) => {}
+                Err(err) => error!("{label}: cannot send {sig} to {what} {}: {err}", member.pid),
+            }
+        }
+    }
+
+    /// Whether a group or tree binding still holds members other than its
+    /// bound children that have not exited.
+    fn has_live_extras(&self, id: BindingId) -> bool {
+        self.bindings
+            .get(id)
+            .and_then(|b| b.scope.as_ref())
+            .is_some_and(|s| s.extras.iter().any(|m| !self.watcher.has_exited(&m.handle)))
     }
 
     /// Opens the process of `spec` and proves it is the bound one: its
@@ -782,7 +1002,9 @@ impl Daemon {
                     Phase::Signalled { .. } | Phase::Killed => info!("{label}: child {pid} exited"),
                     Phase::Done => {}
                 }
-                if remaining == 0 {
+                let escalation_pending =
+                    matches!(binding.phase, Phase::Signalled { deadline: Some(_) });
+                if remaining == 0 && !(escalation_pending && self.has_live_extras(id)) {
                     self.finish(id);
                 }
             }
@@ -792,6 +1014,11 @@ impl Daemon {
     /// The parent is gone: signal every child still running and arm the
     /// escalation deadline.
     fn fire(&mut self, id: BindingId) {
+        // Group and tree: the snapshot is taken before the first signal,
+        // while the tree is whole (a child killed first would orphan its
+        // descendants, which could then no longer be found from it).
+        let has_scope = self.bindings.get(id).is_some_and(|b| b.scope.is_some());
+        let snapshot = has_scope.then(|| self.collect(id));
         let Some(binding) = self.bindings.get_mut(id) else {
             return;
         };
@@ -826,7 +1053,15 @@ impl Daemon {
                 Err(err) => error!("{label}: cannot send {sig} to child {}: {err}", child.pid),
             }
         }
-        if binding.n_live_children() == 0 {
+        // Group and tree: then the rest of the snapshot.
+        if let Some(from) = snapshot {
+            self.signal_extras(id, from, sig);
+        }
+        let Some(binding) = self.bindings.get_mut(id) else {
+            return;
+        };
+        let escalates = matches!(binding.spec.grace, Grace::After(_));
+        if binding.n_live_children() == 0 && !(escalates && binding.scope.is_some()) {
             self.finish(id);
             return;
         }
@@ -863,6 +1098,20 @@ impl Daemon {
             {
                 continue;
             }
+            // Group and tree: everything, including what was forked during
+            // the grace period, gets SIGKILL.
+            if binding.scope.is_some() {
+                info!(
+                    "{}: grace {} over; SIGKILL to everything the binding covers",
+                    binding.label(),
+                    binding.spec.grace
+                );
+                self.collect(id);
+                self.signal_extras(id, 0, Signal::KILL);
+            }
+            let Some(binding) = self.bindings.get_mut(id) else {
+                continue;
+            };
             let label = binding.label();
             let grace = binding.spec.grace;
             for slot in binding.children.iter_mut() {

@@ -429,6 +429,7 @@ impl Daemon {
             .into_iter()
             .map(|(member, _)| Some(member))
             .collect();
+        self.last_refusal = None;
         match self.insert(Rc::new(spec), origin, public_id, parent, children, &label) {
             Some(_) => {
                 info!(
@@ -438,7 +439,10 @@ impl Daemon {
                 );
                 Ok(public_id)
             }
-            None => Err("the binding could not be held (see the daemon's log)".into()),
+            None => Err(self
+                .last_refusal
+                .take()
+                .unwrap_or_else(|| "the binding could not be held (see the daemon's log)".into())),
         }
     }
 

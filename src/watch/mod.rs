@@ -72,6 +72,21 @@ impl fmt::Display for OpenError {
     }
 }
 
+/// One process in the process table, as the kernel showed it at one
+/// moment. Only good for finding candidates: a candidate becomes a member
+/// only after it is opened and its entry read again through the handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcEntry {
+    /// Its pid.
+    pub pid: i32,
+    /// Its parent's pid.
+    pub ppid: i32,
+    /// Its process group.
+    pub pgid: i32,
+    /// Its start time (as in [`Identity::start`]).
+    pub start: u64,
+}
+
 /// Who owns a process, as kill(2) sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
@@ -129,6 +144,14 @@ pub trait Backend: Sized + fmt::Debug {
     /// The real and saved uids of the process (who may signal it), read
     /// race-free: `None` if it has exited meanwhile.
     fn owner(&self, pid: Pid, handle: &Self::Handle) -> io::Result<Option<Owner>>;
+
+    /// Every process the daemon can see. Costs a walk of the process table
+    /// (on Linux, `/proc`): used only when a group or tree binding fires.
+    fn process_table(&self) -> io::Result<Vec<ProcEntry>>;
+
+    /// The entry of an open process, read race-free: `None` if it has
+    /// exited (then nothing read about it could be trusted).
+    fn entry(&self, pid: Pid, handle: &Self::Handle) -> io::Result<Option<ProcEntry>>;
 
     /// Arranges for `token` to become readable in `registry` when the
     /// process exits.

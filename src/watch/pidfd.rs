@@ -19,7 +19,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::{Backend, Delivery, Identity, OpenError, Owner};
+use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
 use crate::config::{Pid, Signal};
 use crate::sys::linux as sys;
 
@@ -140,6 +140,47 @@ impl Backend for PidfdWatcher {
         }
     }
 
+    fn process_table(&self) -> io::Result<Vec<ProcEntry>> {
+        let mut table = Vec::new();
+        for dirent in fs::read_dir("/proc")? {
+            let Ok(dirent) = dirent else {
+                continue;
+            };
+            let Some(pid) = dirent
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            // A process may exit between readdir and the read: skip it.
+            if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
+                if let Some(entry) = parse_entry(pid, &stat) {
+                    table.push(entry);
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    fn entry(&self, pid: Pid, handle: &PidfdHandle) -> io::Result<Option<ProcEntry>> {
+        let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat,
+            Err(_) if self.has_exited(handle) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        // Alive after the read: the /proc entry read was this process's.
+        if self.has_exited(handle) {
+            return Ok(None);
+        }
+        parse_entry(pid.get(), &stat).map(Some).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/stat: cannot parse it"),
+            )
+        })
+    }
+
     fn register(
         &mut self,
         registry: &Registry,
@@ -215,6 +256,19 @@ fn read_start_time(pid: Pid) -> io::Result<u64> {
     })
 }
 
+/// Fields 4 (ppid), 5 (pgrp) and 22 (starttime) of a `/proc/PID/stat`
+/// line, counted from the last `)` as for [`parse_start_time`].
+fn parse_entry(pid: i32, stat: &str) -> Option<ProcEntry> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();
+    Some(ProcEntry {
+        pid,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
 /// Field 22 of a `/proc/PID/stat` line. The command name (field 2) is in
 /// parentheses and may itself contain spaces and parentheses, so fields are
 /// counted from the last `)`.
@@ -234,6 +288,15 @@ mod tests {
         let line =
             "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
         assert_eq!(parse_start_time(line), Some(987654));
+        assert_eq!(
+            parse_entry(1234, line),
+            Some(ProcEntry {
+                pid: 1234,
+                ppid: 1,
+                pgid: 1234,
+                start: 987654
+            })
+        );
         assert_eq!(parse_start_time("1 (init) S 0"), None);
         assert_eq!(parse_start_time("garbage"), None);
     }
