@@ -15,12 +15,16 @@
     clippy::cast_sign_loss
 )]
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::Tetherd;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
 const TETHERCTL: &str = env!("CARGO_BIN_EXE_tetherctl");
 
 fn arg(name: &str, default: usize) -> usize {
@@ -30,56 +34,6 @@ fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Daemon {
-    child: Child,
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tether.toml");
-        std::fs::write(
-            &config,
-            "[daemon]\nlog = \"warn\"\nmax_bindings_per_uid = 1000000\n",
-        )
-        .unwrap();
-        let socket = dir.path().join("tether.sock");
-        let child = Command::new(TETHERD)
-            .arg("--config")
-            .arg(&config)
-            .arg("--state")
-            .arg(dir.path().join("state.json"))
-            .arg("--socket")
-            .arg(&socket)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "tetherd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Daemon {
-            child,
-            socket,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -117,7 +71,7 @@ fn main() {
     let n_execs = arg("--execs", 200);
     let mut parent = Command::new("sleep").arg("1000").spawn().unwrap();
     let mut child = Command::new("sleep").arg("1000").spawn().unwrap();
-    let daemon = Daemon::start();
+    let daemon = Tetherd::start("");
     let stream = UnixStream::connect(&daemon.socket).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;

@@ -24,15 +24,17 @@
     clippy::multiple_unsafe_ops_per_block
 )]
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::Tetherd;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Method {
@@ -210,64 +212,7 @@ fn read_result(results: RawFd, timeout: Duration) -> Option<(i32, i64)> {
     })
 }
 
-struct Tetherd {
-    child: Child,
-    socket: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
 impl Tetherd {
-    fn start(pairs: &[(i32, i32)]) -> Tetherd {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("tether.toml");
-        let mut text = String::from("[daemon]\nlog = \"warn\"\nmax_bindings_per_uid = 1000000\n");
-        for (p, c) in pairs {
-            text.push_str(&format!("[[binding]]\nparent = {p}\nchild = {c}\n"));
-        }
-        fs::write(&config, text).unwrap();
-        let socket = dir.path().join("tether.sock");
-        let child = Command::new(TETHERD)
-            .arg("--config")
-            .arg(&config)
-            .arg("--state")
-            .arg(dir.path().join("state.json"))
-            .arg("--socket")
-            .arg(&socket)
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // The socket is bound before the bindings are loaded; a status
-        // request is answered only once the loop runs, i.e. after loading.
-        let start = Instant::now();
-        loop {
-            if let Ok(stream) = UnixStream::connect(&socket) {
-                let mut stream = stream;
-                stream.write_all(b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
-                let mut line = String::new();
-                if BufReader::new(&stream).read_line(&mut line).is_ok()
-                    && line.contains("\"ok\":true")
-                {
-                    break;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "tetherd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Tetherd {
-            child,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
     fn bind(&self, stream: &mut UnixStream, parent: i32, child: i32) {
         let line = format!("{{\"v\":1,\"op\":\"bind\",\"parent\":{{\"pid\":{parent}}},\"children\":[{{\"pid\":{child}}}]}}\n");
         stream.write_all(line.as_bytes()).unwrap();
@@ -300,16 +245,17 @@ impl Tetherd {
     }
 }
 
-impl Drop for Tetherd {
-    fn drop(&mut self) {
-        kill(self.pid(), libc::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
 fn root_at_start() -> bool {
     // SAFETY: geteuid has no arguments.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// `[[binding]]` tables for `pairs`.
+fn filler_config(pairs: &[(i32, i32)]) -> String {
+    pairs
+        .iter()
+        .map(|(p, c)| format!("[[binding]]\nparent = {p}\nchild = {c}\n"))
+        .collect()
 }
 
 fn arg(name: &str, default: usize) -> usize {
@@ -473,7 +419,7 @@ fn main() {
     println!();
 
     // Phase 1: one binding loaded.
-    let small = Tetherd::start(&[]);
+    let small = Tetherd::start("");
     let mut small_stream = UnixStream::connect(&small.socket).unwrap();
     let rss_1 = small.usage().0;
     let (mut k1, mut w1, mut t1) = (Stats::default(), Stats::default(), Stats::default());
@@ -494,7 +440,7 @@ fn main() {
         .map(|_| spawn_pair(Method::Tetherd, res_w))
         .collect();
     let load_start = Instant::now();
-    let big = Tetherd::start(&filler);
+    let big = Tetherd::start(&filler_config(&filler));
     let load_time = load_start.elapsed();
     let mut big_stream = UnixStream::connect(&big.socket).unwrap();
     // Let the daemon see the start-up status connection close and accept

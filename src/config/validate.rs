@@ -17,7 +17,7 @@ use toml::de::DeValue;
 
 use super::error::{ConfigError, ConfigErrors};
 use super::model::{
-    self, BindingSpec, Config, DaemonSettings, Grace, KillMode, Pid, ProcSpec, Signal,
+    BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, ProcSpec, Signal,
 };
 use super::raw::{self, Entry, RawConfig, SyntaxError, Table, Value, TOP_LEVEL_KEYS};
 
@@ -197,11 +197,7 @@ pub(super) fn validate(
     if problems.is_empty() {
         Ok(Config {
             daemon,
-            defaults: model::Defaults {
-                signal: defaults.signal,
-                grace: defaults.grace,
-                kill: defaults.kill,
-            },
+            defaults,
             bindings: checked.into_iter().map(|binding| binding.spec).collect(),
         })
     } else {
@@ -497,24 +493,6 @@ fn absolute_path(path: &str, example: &str) -> Result<String, String> {
         ))
     } else {
         Ok(path.to_string())
-    }
-}
-
-/// `[defaults]`, with the built-in defaults for what it leaves out.
-#[derive(Debug, Clone, Copy)]
-struct Defaults {
-    signal: Signal,
-    grace: Grace,
-    kill: KillMode,
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Defaults {
-            signal: Signal::TERM,
-            grace: Grace::default(),
-            kill: KillMode::default(),
-        }
     }
 }
 

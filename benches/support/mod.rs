@@ -1,0 +1,81 @@
+//! What both benchmarks need: a real tetherd in a temporary directory,
+//! ready once its loop answers a `status` request.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The tetherd binary being measured.
+pub const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
+
+/// A running tetherd; stopped with SIGTERM when dropped.
+pub struct Tetherd {
+    child: Child,
+    /// Its control socket.
+    pub socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tetherd {
+    /// Starts tetherd on a config of `[daemon] log = "warn"`, no per-uid
+    /// cap to speak of, and `bindings` (TOML appended as is), and waits
+    /// until its loop runs: the socket is bound before the bindings are
+    /// loaded, but a `status` is answered only after.
+    pub fn start(bindings: &str) -> Tetherd {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("tether.toml");
+        let text = format!("[daemon]\nlog = \"warn\"\nmax_bindings_per_uid = 1000000\n{bindings}");
+        std::fs::write(&config, text).unwrap();
+        let socket = dir.path().join("tether.sock");
+        let child = Command::new(TETHERD)
+            .arg("--config")
+            .arg(&config)
+            .arg("--state")
+            .arg(dir.path().join("state.json"))
+            .arg("--socket")
+            .arg(&socket)
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Ok(mut stream) = UnixStream::connect(&socket) {
+                stream.write_all(b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+                let mut line = String::new();
+                if BufReader::new(&stream).read_line(&mut line).is_ok()
+                    && line.contains("\"ok\":true")
+                {
+                    break;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "tetherd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Tetherd {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+}
+
+impl Drop for Tetherd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
