@@ -273,3 +273,27 @@ fn group_mode_refuses_groups_it_must_not_signal() {
         "{err}"
     );
 }
+
+#[test]
+fn every_mode_is_accepted_by_tetherctl_and_shown_by_list() {
+    let daemon = TestDaemon::start("");
+    let parent = Proc::sleeper();
+    for mode in ["process", "group", "tree"] {
+        let child = Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let child = Proc::from_child(child);
+        let id = daemon.bind(parent.pid(), &[child.pid()], &["--kill", mode]);
+        let (_, out, _) = daemon.ctl(&["list", "--json"]);
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let entry = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .unwrap();
+        assert_eq!(entry["kill"], mode);
+    }
+}

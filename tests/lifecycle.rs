@@ -229,3 +229,35 @@ fn unsafe_socket_locations_are_refused() {
         "the regular file was not replaced"
     );
 }
+
+/// The daemon's voluntary context switches so far.
+fn voluntary_switches(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_idle_daemon_does_not_wake_for_a_finished_bindings_deadline() {
+    let mut parent = Proc::sleeper();
+    let mut child = Proc::sleeper();
+    let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), "grace = \"1s\""));
+    parent.kill9();
+    assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM));
+    daemon.wait_log(&format!("child {} exited", child.pid()));
+    // The escalation deadline (1 s after the signal) is now moot: the
+    // daemon must sleep through it.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = voluntary_switches(daemon.pid());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        voluntary_switches(daemon.pid()),
+        before,
+        "the daemon woke while idle"
+    );
+}

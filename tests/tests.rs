@@ -22,6 +22,7 @@ mod control;
 mod kill_modes;
 mod lifecycle;
 mod orphan;
+mod pidfile;
 mod reload;
 mod reuse;
 mod scale;

@@ -14,7 +14,8 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, ProcSpec, Signal,
+    BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
+    PidfileBindingSpec, ProcSpec, Signal,
 };
 pub use validate::{parse_duration, parse_kill, parse_signal};
 

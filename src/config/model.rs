@@ -17,8 +17,55 @@ pub struct Config {
     /// The `[defaults]` table: what bindings (also socket bindings) that
     /// leave an option out get.
     pub defaults: Defaults,
-    /// The `[[binding]]` entries, in file order, with `[defaults]` applied.
+    /// The `[[binding]]` entries naming pids, in file order, with
+    /// `[defaults]` applied.
     pub bindings: Vec<BindingSpec>,
+    /// The `[[binding]]` entries naming a pidfile for the parent or the
+    /// child: resolved into a [`BindingSpec`] when the daemon loads them.
+    pub pidfile_bindings: Vec<PidfileBindingSpec>,
+}
+
+/// Where a binding's process comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PidSource {
+    /// A pid given in the configuration.
+    Pid(ProcSpec),
+    /// The pid written in this file, read at load and reload.
+    Pidfile(PathBuf),
+}
+
+/// A binding with a `parent_pidfile` or a `child_pidfile`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PidfileBindingSpec {
+    /// `name`.
+    pub name: Option<String>,
+    /// `parent` or `parent_pidfile`.
+    pub parent: PidSource,
+    /// `child`, `children` or `child_pidfile`. Never empty.
+    pub children: Vec<PidSource>,
+    /// `signal`.
+    pub signal: Signal,
+    /// `grace`.
+    pub grace: Grace,
+    /// `kill`.
+    pub kill: KillMode,
+}
+
+impl PidfileBindingSpec {
+    /// `binding "name"` or `binding PARENT->CHILD` with paths for files.
+    pub fn label(&self) -> String {
+        let show = |s: &PidSource| match s {
+            PidSource::Pid(p) => p.pid.to_string(),
+            PidSource::Pidfile(path) => path.display().to_string(),
+        };
+        match &self.name {
+            Some(name) => format!("binding \"{name}\""),
+            None => {
+                let children: Vec<String> = self.children.iter().map(show).collect();
+                format!("binding {}->{}", show(&self.parent), children.join(","))
+            }
+        }
+    }
 }
 
 /// The `[daemon]` table.

@@ -17,7 +17,8 @@ use toml::de::DeValue;
 
 use super::error::{ConfigError, ConfigErrors};
 use super::model::{
-    BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, ProcSpec, Signal,
+    BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
+    PidfileBindingSpec, ProcSpec, Signal,
 };
 use super::raw::{self, Entry, RawConfig, SyntaxError, Table, Value, TOP_LEVEL_KEYS};
 
@@ -26,11 +27,13 @@ const DAEMON_KEYS: [&str; 4] = ["log", "state", "socket", "max_bindings_per_uid"
 /// Keys of `[defaults]`.
 const DEFAULTS_KEYS: [&str; 3] = ["signal", "grace", "kill"];
 /// Keys of a `[[binding]]`.
-const BINDING_KEYS: [&str; 11] = [
+const BINDING_KEYS: [&str; 13] = [
     "name",
     "parent",
     "child",
     "children",
+    "parent_pidfile",
+    "child_pidfile",
     "parent_start",
     "child_start",
     "parent_inode",
@@ -188,8 +191,15 @@ pub(super) fn validate(
         .and_then(|entry| section(&entry, text, &mut problems))
         .map(|table| defaults(table, &mut problems))
         .unwrap_or_default();
+    let mut pidfile_bindings = Vec::new();
     let checked = match raw.binding() {
-        Some(entry) => bindings(&entry, text, &defaults, &mut problems),
+        Some(entry) => bindings(
+            &entry,
+            text,
+            &defaults,
+            &mut pidfile_bindings,
+            &mut problems,
+        ),
         None => Vec::new(),
     };
     cross_check(&checked, &mut problems);
@@ -199,6 +209,7 @@ pub(super) fn validate(
             daemon,
             defaults,
             bindings: checked.into_iter().map(|binding| binding.spec).collect(),
+            pidfile_bindings,
         })
     } else {
         // Stable: problems found at one place keep the order they were found.
@@ -544,6 +555,7 @@ fn bindings(
     entry: &Entry<'_, '_>,
     text: &str,
     defaults: &Defaults,
+    pidfile_bindings: &mut Vec<PidfileBindingSpec>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Checked> {
     let items = match entry.value.get_ref() {
@@ -572,7 +584,16 @@ fn bindings(
     items
         .iter()
         .enumerate()
-        .filter_map(|(idx, item)| binding(idx + 1, item, defaults, &mut names, problems))
+        .filter_map(|(idx, item)| {
+            binding(
+                idx + 1,
+                item,
+                defaults,
+                &mut names,
+                pidfile_bindings,
+                problems,
+            )
+        })
         .collect()
 }
 
@@ -583,6 +604,7 @@ fn binding(
     value: &Value<'_>,
     defaults: &Defaults,
     names: &mut HashMap<String, usize>,
+    pidfile_bindings: &mut Vec<PidfileBindingSpec>,
     problems: &mut Vec<Problem>,
 ) -> Option<Checked> {
     let index_label = format!("binding {binding_idx}");
@@ -649,6 +671,15 @@ fn binding(
     let kill = cx
         .field(table, "kill", kill)
         .map_or(defaults.kill, |(v, _)| v);
+
+    if table.contains_key("parent_pidfile") || table.contains_key("child_pidfile") {
+        let n_before = cx.problems.len();
+        let spec = pidfile_binding(&mut cx, value, table, name, signal, grace, kill);
+        if let Some(spec) = spec.filter(|_| cx.problems.len() == n_before) {
+            pidfile_bindings.push(spec);
+        }
+        return None;
+    }
 
     if !table.contains_key("parent") {
         cx.error(
@@ -800,6 +831,105 @@ fn single_child(
         start: start.map(|(_, span)| ("child_start", span)),
         inode: inode.map(|(_, span)| ("child_inode", span)),
     })
+}
+
+/// A binding with `parent_pidfile` or `child_pidfile`: each side is a pid
+/// or a pidfile, never both. A pidfile's process has no pin in the file:
+/// it is pinned when the daemon reads the pidfile.
+fn pidfile_binding(
+    cx: &mut Cx<'_>,
+    value: &Value<'_>,
+    table: &Table<'_>,
+    name: Option<String>,
+    signal: Signal,
+    grace: Grace,
+    kill: KillMode,
+) -> Option<PidfileBindingSpec> {
+    let both = |cx: &mut Cx<'_>, key: &'static str, other: &str| {
+        if let Some((k, _)) = table.get_key_value(key) {
+            cx.error(
+                k.span(),
+                None,
+                format!("{other:?} and {key:?} are mutually exclusive"),
+            );
+        }
+    };
+    let parent = if table.contains_key("parent_pidfile") {
+        both(cx, "parent", "parent_pidfile");
+        for pin in ["parent_start", "parent_inode"] {
+            if let Some((k, _)) = table.get_key_value(pin) {
+                cx.error(
+                    k.span(),
+                    None,
+                    format!("{pin:?} cannot pin a pidfile's process (it is pinned when the file is read)"),
+                );
+            }
+        }
+        cx.field(table, "parent_pidfile", pidfile_path)
+            .map(|(path, _)| PidSource::Pidfile(path.into()))
+    } else {
+        let start = cx.field(table, "parent_start", start_time).map(|(v, _)| v);
+        let inode = cx.field(table, "parent_inode", inode).map(|(v, _)| v);
+        if !table.contains_key("parent") {
+            cx.error(
+                value.span(),
+                None,
+                "missing \"parent\" or \"parent_pidfile\"".to_string(),
+            );
+        }
+        cx.field(table, "parent", pid)
+            .map(|(pid, _)| PidSource::Pid(ProcSpec { pid, start, inode }))
+    };
+    let children = if table.contains_key("child_pidfile") {
+        both(cx, "child", "child_pidfile");
+        both(cx, "children", "child_pidfile");
+        for pin in ["child_start", "child_inode"] {
+            if let Some((k, _)) = table.get_key_value(pin) {
+                cx.error(
+                    k.span(),
+                    None,
+                    format!("{pin:?} cannot pin a pidfile's process (it is pinned when the file is read)"),
+                );
+            }
+        }
+        cx.field(table, "child_pidfile", pidfile_path)
+            .map(|(path, _)| vec![PidSource::Pidfile(path.into())])
+            .unwrap_or_default()
+    } else if let Some(children) = table.get("children") {
+        entries(cx, children)
+            .into_iter()
+            .map(|m| PidSource::Pid(m.spec))
+            .collect()
+    } else if table.contains_key("child") {
+        let start = cx.field(table, "child_start", start_time);
+        let inode = cx.field(table, "child_inode", inode);
+        single_child(cx, table, start, inode)
+            .map(|m| vec![PidSource::Pid(m.spec)])
+            .unwrap_or_default()
+    } else {
+        cx.error(
+            value.span(),
+            None,
+            "missing \"child\", \"children\" or \"child_pidfile\"".to_string(),
+        );
+        Vec::new()
+    };
+    if children.is_empty() {
+        return None;
+    }
+    Some(PidfileBindingSpec {
+        name,
+        parent: parent?,
+        children,
+        signal,
+        grace,
+        kill,
+    })
+}
+
+/// A pidfile's path: absolute.
+fn pidfile_path(value: &Value<'_>) -> Result<String, String> {
+    absolute_path(string(value)?, "/run/app.pid")
 }
 
 /// `children`: an array of pids or `{ pid, start, inode }` tables.
@@ -1445,7 +1575,7 @@ sgnal = "SIGINT"
                 r#"t.toml:6:10: binding "qemu": signal: "TREM" is not a signal name (did you mean SIGTERM?)"#,
                 r#"t.toml:7:9: binding "qemu": grace: "48h" is too long (at most "24h"; use "never" to disable escalation)"#,
                 r#"t.toml:8:8: binding "qemu": kill: unknown kill mode "x" (expected "process", "group" or "tree")"#,
-                r#"t.toml:9:1: binding "qemu": unknown key "sgnal" (expected one of: name, parent, child, children, parent_start, child_start, parent_inode, child_inode, signal, grace, kill) (did you mean "signal"?)"#,
+                r#"t.toml:9:1: binding "qemu": unknown key "sgnal" (expected one of: name, parent, child, children, parent_pidfile, child_pidfile, parent_start, child_start, parent_inode, child_inode, signal, grace, kill) (did you mean "signal"?)"#,
             ],
         );
         check(
@@ -1461,7 +1591,7 @@ sgnal = "SIGINT"
         check(
             "[[binding]]\nparent = 2\nchild = 3\nwhatever = 1\n",
             &[
-                r#"t.toml:4:1: binding 1: unknown key "whatever" (expected one of: name, parent, child, children, parent_start, child_start, parent_inode, child_inode, signal, grace, kill)"#,
+                r#"t.toml:4:1: binding 1: unknown key "whatever" (expected one of: name, parent, child, children, parent_pidfile, child_pidfile, parent_start, child_start, parent_inode, child_inode, signal, grace, kill)"#,
             ],
         );
     }

@@ -38,7 +38,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{
     self, parse_duration, parse_kill, parse_signal, BindingSpec, Config, ConfigErrors, Defaults,
-    Grace, KillMode, Pid, ProcSpec, Signal, Trust,
+    Grace, KillMode, Pid, PidSource, PidfileBindingSpec, ProcSpec, Signal, Trust,
 };
 use crate::protocol::ReloadInfo;
 use crate::watch::{Backend, Delivery, Identity, OpenError, ProcEntry, Watcher};
@@ -288,9 +288,23 @@ impl Daemon {
     /// The poll timeout: until the earliest deadline (escalation, or a
     /// connection's idle timeout), zero while input is left unread, or
     /// forever when nothing is pending.
-    fn next_timeout(&self) -> Option<Duration> {
+    fn next_timeout(&mut self) -> Option<Duration> {
         if !self.backlog.is_empty() {
             return Some(Duration::ZERO);
+        }
+        // Deadlines of bindings that finished or went away before their
+        // grace ran out would wake an idle daemon for nothing: drop them.
+        while let Some(Reverse((deadline, id))) = self.timers.peek().copied() {
+            let live = self.bindings.get(id).is_some_and(|b| {
+                b.phase
+                    == Phase::Signalled {
+                        deadline: Some(deadline),
+                    }
+            });
+            if live {
+                break;
+            }
+            self.timers.pop();
         }
         let escalation = self.timers.peek().map(|Reverse((deadline, _))| *deadline);
         let idle = self
@@ -346,7 +360,19 @@ impl Daemon {
 
     /// Makes the configured bindings those of `config`: adds new ones,
     /// drops removed ones, leaves unchanged ones (and their timers) alone.
-    fn apply(&mut self, config: Config) -> ReloadInfo {
+    fn apply(&mut self, mut config: Config) -> ReloadInfo {
+        // Pidfile bindings become pid bindings here, each file read now. A
+        // refused one is logged and left out; the rest of the file loads.
+        let mut n_refused = 0;
+        for pidfile_binding in std::mem::take(&mut config.pidfile_bindings) {
+            match self.resolve(&pidfile_binding) {
+                Ok(spec) => config.bindings.push(spec),
+                Err(why) => {
+                    error!("{}: {why}; binding not held", pidfile_binding.label());
+                    n_refused += 1;
+                }
+            }
+        }
         if !self.options.log_from_env {
             log::set_max_level(config.daemon.log);
         }
@@ -390,7 +416,7 @@ impl Daemon {
             by_spec.remove(&spec);
             self.remove(id, "no longer in the configuration");
         }
-        let (mut n_added, mut n_unchanged, mut n_failed) = (0, 0, 0);
+        let (mut n_added, mut n_unchanged, mut n_failed) = (0, 0, n_refused);
         for spec in config.bindings {
             if by_spec.contains_key(&spec) {
                 n_unchanged += 1;
@@ -432,6 +458,47 @@ impl Daemon {
             removed: count(n_removed),
             unchanged: count(n_unchanged),
             failed: count(n_failed),
+        }
+    }
+
+    /// Reads the pidfiles of a binding and makes it a pid binding.
+    fn resolve(&mut self, binding: &PidfileBindingSpec) -> Result<BindingSpec, String> {
+        let parent = self.source(&binding.parent)?;
+        let mut children = Vec::with_capacity(binding.children.len());
+        for child in &binding.children {
+            let child = self.source(child)?;
+            if child.pid == parent.pid {
+                return Err(format!("pid {} is both parent and child", child.pid));
+            }
+            children.push(child);
+        }
+        Ok(BindingSpec {
+            name: binding.name.clone(),
+            parent,
+            children,
+            signal: binding.signal,
+            grace: binding.grace,
+            kill: binding.kill,
+        })
+    }
+
+    /// The process a source names: a configured pid, or the running
+    /// process whose pid a pidfile holds.
+    fn source(&mut self, source: &PidSource) -> Result<ProcSpec, String> {
+        let path = match source {
+            PidSource::Pid(spec) => return Ok(*spec),
+            PidSource::Pidfile(path) => path,
+        };
+        let pid = read_pidfile(path, self.options.config.trust == Trust::RequireRootOwned)?;
+        // A pidfile left by a service that is gone names nothing, or worse,
+        // an unrelated process; refuse a dead pid rather than act on it.
+        match self.watcher.open(pid) {
+            Ok(_) => Ok(ProcSpec::unpinned(pid)),
+            Err(OpenError::Gone) => Err(format!(
+                "{}: names pid {pid}, which is not running",
+                path.display()
+            )),
+            Err(err) => Err(format!("{}: pid {pid}: {err}", path.display())),
         }
     }
 
@@ -966,20 +1033,23 @@ impl Daemon {
         let Some(binding) = self.bindings.get_mut(id) else {
             return;
         };
-        let label = binding.label();
         match member {
             MemberRef::Parent => {
                 let Some(parent) = &binding.parent else {
                     return;
                 };
                 if !self.watcher.has_exited(&parent.handle) {
-                    debug!("{label}: spurious wakeup for parent {}", parent.pid);
+                    debug!(
+                        "{}: spurious wakeup for parent {}",
+                        binding.label(),
+                        parent.pid
+                    );
                     return;
                 }
-                info!("{label}: parent {} exited", parent.pid);
                 self.fire(id);
             }
             MemberRef::Child(idx) => {
+                let label = binding.label();
                 let Some(slot) = binding.children.get_mut(idx) else {
                     return;
                 };
@@ -1022,6 +1092,23 @@ impl Daemon {
         let Some(binding) = self.bindings.get_mut(id) else {
             return;
         };
+        let sig = binding.spec.signal;
+        // Signal first; bookkeeping and logging wait until every child has
+        // had its signal, so they add nothing to the delay.
+        let mut outcomes: Vec<(usize, Option<io::Result<Delivery>>)> =
+            Vec::with_capacity(binding.children.len());
+        for (idx, slot) in binding.children.iter().enumerate() {
+            let Some(child) = slot else {
+                continue;
+            };
+            // A child that has already exited (a zombie, say) needs nothing;
+            // its own exit event may or may not be queued behind this one.
+            if self.watcher.has_exited(&child.handle) {
+                outcomes.push((idx, None));
+                continue;
+            }
+            outcomes.push((idx, Some(self.watcher.signal(&child.handle, sig))));
+        }
         if let Some(parent) = binding.parent.take() {
             let _ = self
                 .watcher
@@ -1029,28 +1116,26 @@ impl Daemon {
         }
         let label = binding.label();
         let parent_pid = binding.spec.parent.pid;
-        let sig = binding.spec.signal;
-        for slot in binding.children.iter_mut() {
-            let Some(child) = slot else {
+        for (idx, outcome) in outcomes {
+            let Some(slot) = binding.children.get_mut(idx) else {
                 continue;
             };
-            // A child that has already exited (a zombie, say) needs nothing;
-            // its own exit event may or may not be queued behind this one.
-            if self.watcher.has_exited(&child.handle) {
-                debug!("{label}: child {} had already exited", child.pid);
-                release(&mut self.watcher, &self.poll, slot);
+            let Some(pid) = slot.as_ref().map(|c| c.pid) else {
                 continue;
-            }
-            match self.watcher.signal(&child.handle, sig) {
-                Ok(Delivery::Sent) => info!(
-                    "{label}: parent {parent_pid} exited; sent {sig} to child {}",
-                    child.pid
-                ),
-                Ok(Delivery::Gone) => {
-                    info!("{label}: child {} already gone, not signalled", child.pid);
+            };
+            match outcome {
+                None => {
+                    debug!("{label}: child {pid} had already exited");
                     release(&mut self.watcher, &self.poll, slot);
                 }
-                Err(err) => error!("{label}: cannot send {sig} to child {}: {err}", child.pid),
+                Some(Ok(Delivery::Sent)) => {
+                    info!("{label}: parent {parent_pid} exited; sent {sig} to child {pid}")
+                }
+                Some(Ok(Delivery::Gone)) => {
+                    info!("{label}: child {pid} already gone, not signalled");
+                    release(&mut self.watcher, &self.poll, slot);
+                }
+                Some(Err(err)) => error!("{label}: cannot send {sig} to child {pid}: {err}"),
             }
         }
         // Group and tree: then the rest of the snapshot.
@@ -1298,4 +1383,50 @@ fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
         grace: parse_duration(&saved.grace)?,
         kill: parse_kill(&saved.kill)?,
     })
+}
+
+/// Reads a pidfile without ever blocking: opened non-blocking and without
+/// following a symlink, and only a small regular file is read. As root, a
+/// pidfile another user could write is refused: whoever can write it could
+/// point the daemon at any process.
+fn read_pidfile(path: &std::path::Path, root_only: bool) -> Result<Pid, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+    let shown = path.display();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::ENOENT) => format!("{shown}: pidfile missing"),
+            Some(libc::ELOOP) => format!("{shown}: pidfile is a symlink; refusing it"),
+            _ => format!("{shown}: cannot open the pidfile: {err}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|err| format!("{shown}: cannot stat the pidfile: {err}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown}: the pidfile is not a regular file"));
+    }
+    if root_only && (meta.uid() != 0 || meta.mode() & 0o022 != 0) {
+        return Err(format!(
+            "{shown}: the pidfile is writable by a user other than root (owner uid {}, mode {:04o}); refusing it",
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    let mut text = String::new();
+    file.by_ref()
+        .take(64)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("{shown}: cannot read the pidfile: {err}"))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("{shown}: the pidfile is empty"));
+    }
+    let number: i64 = text
+        .parse()
+        .map_err(|_| format!("{shown}: the pidfile does not hold a pid ({text:?})"))?;
+    Pid::try_from(number).map_err(|why| format!("{shown}: {why}"))
 }
