@@ -856,15 +856,7 @@ fn pidfile_binding(
     };
     let parent = if table.contains_key("parent_pidfile") {
         both(cx, "parent", "parent_pidfile");
-        for pin in ["parent_start", "parent_inode"] {
-            if let Some((k, _)) = table.get_key_value(pin) {
-                cx.error(
-                    k.span(),
-                    None,
-                    format!("{pin:?} cannot pin a pidfile's process (it is pinned when the file is read)"),
-                );
-            }
-        }
+        no_pins(cx, table, ["parent_start", "parent_inode"]);
         cx.field(table, "parent_pidfile", pidfile_path)
             .map(|(path, _)| PidSource::Pidfile(path.into()))
     } else {
@@ -883,15 +875,7 @@ fn pidfile_binding(
     let children = if table.contains_key("child_pidfile") {
         both(cx, "child", "child_pidfile");
         both(cx, "children", "child_pidfile");
-        for pin in ["child_start", "child_inode"] {
-            if let Some((k, _)) = table.get_key_value(pin) {
-                cx.error(
-                    k.span(),
-                    None,
-                    format!("{pin:?} cannot pin a pidfile's process (it is pinned when the file is read)"),
-                );
-            }
-        }
+        no_pins(cx, table, ["child_start", "child_inode"]);
         cx.field(table, "child_pidfile", pidfile_path)
             .map(|(path, _)| vec![PidSource::Pidfile(path.into())])
             .unwrap_or_default()
@@ -925,6 +909,22 @@ fn pidfile_binding(
         grace,
         kill,
     })
+}
+
+/// Refuses pins beside a pidfile: its process is pinned when the daemon
+/// reads the file.
+fn no_pins(cx: &mut Cx<'_>, table: &Table<'_>, keys: [&'static str; 2]) {
+    for pin in keys {
+        if let Some((key, _)) = table.get_key_value(pin) {
+            cx.error(
+                key.span(),
+                None,
+                format!(
+                    "{pin:?} cannot pin a pidfile's process (it is pinned when the file is read)"
+                ),
+            );
+        }
+    }
 }
 
 /// A pidfile's path: absolute.
