@@ -766,8 +766,8 @@ impl Daemon {
     }
 
     /// The process group of each bound child, for `kill = "group"`.
-    /// Refuses a group that contains the daemon or pid 1 (group ids 0 and
-    /// 1), or that the parent belongs to: then the captive has no group of
+    /// Refuses a group that contains the daemon or pid 1 (pid 1's own
+    /// group, and ids 0 and 1), or that the parent belongs to: then the captive has no group of
     /// its own, and signalling it would hit the launcher's siblings.
     fn group_check(
         &self,
@@ -775,6 +775,7 @@ impl Daemon {
         children: &[Option<Member<Handle>>],
     ) -> Result<Vec<i32>, String> {
         let own = nix::unistd::getpgrp().as_raw();
+        let init_group = self.watcher.init_group();
         let parent_group = match parent {
             Some(p) => self
                 .watcher
@@ -803,7 +804,7 @@ impl Daemon {
                     "kill = \"group\": child {pid} is in process group {group}, which contains tetherd itself"
                 ));
             }
-            if group <= 1 {
+            if group <= 1 || Some(group) == init_group {
                 return Err(format!(
                     "kill = \"group\": child {pid} is in process group {group}, which contains pid 1"
                 ));

@@ -149,6 +149,10 @@ pub trait Backend: Sized + fmt::Debug {
     /// (on Linux, `/proc`): used only when a group or tree binding fires.
     fn process_table(&self) -> io::Result<Vec<ProcEntry>>;
 
+    /// The process group of pid 1, which a group binding must never
+    /// signal; `None` if it cannot be read.
+    fn init_group(&self) -> Option<i32>;
+
     /// The entry of an open process, read race-free: `None` if it has
     /// exited (then nothing read about it could be trusted).
     fn entry(&self, pid: Pid, handle: &Self::Handle) -> io::Result<Option<ProcEntry>>;

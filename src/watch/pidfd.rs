@@ -163,6 +163,12 @@ impl Backend for PidfdWatcher {
         Ok(table)
     }
 
+    fn init_group(&self) -> Option<i32> {
+        // Pid 1 never exits, so its /proc entry cannot change owner.
+        let stat = fs::read_to_string("/proc/1/stat").ok()?;
+        parse_entry(1, &stat).map(|e| e.pgid)
+    }
+
     fn entry(&self, pid: Pid, handle: &PidfdHandle) -> io::Result<Option<ProcEntry>> {
         let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
             Ok(stat) => stat,
