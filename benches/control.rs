@@ -18,7 +18,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::Tetherd;
+use support::{arg, Tetherd};
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -26,15 +26,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TETHERCTL: &str = env!("CARGO_BIN_EXE_tetherctl");
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;

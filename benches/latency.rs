@@ -27,7 +27,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::Tetherd;
+use support::{arg, Tetherd};
 
 use std::collections::HashSet;
 use std::fs;
@@ -256,15 +256,6 @@ fn filler_config(pairs: &[(i32, i32)]) -> String {
         .iter()
         .map(|(p, c)| format!("[[binding]]\nparent = {p}\nchild = {c}\n"))
         .collect()
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 #[derive(Default)]

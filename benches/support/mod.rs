@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 /// The tetherd binary being measured.
 pub const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
 
+/// The number after `--name` on the benchmark's command line, or
+/// `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A running tetherd; stopped with SIGTERM when dropped.
 pub struct Tetherd {
     child: Child,

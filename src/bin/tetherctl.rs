@@ -89,7 +89,7 @@ enum Command {
         /// The binding's id (from `bind` or `list`)
         id: u64,
     },
-    /// List bindings (yours; all of them as root)
+    /// List bindings (yours; all of them as root or as the daemon's user)
     List {
         /// Print JSON instead of a table
         #[arg(long)]
