@@ -267,7 +267,9 @@ fn wrong_inode_pin_drops_the_child_where_pidfs_exists() {
     let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), "child_inode = 1"));
     let log = daemon.log_text();
     if log.contains("needs pidfs") {
-        eprintln!("skipped: this kernel has no pidfs (Linux 6.9+), inode pins are refused");
+        eprintln!(
+            "skipped: no pidfs here (Linux 6.9+ and the pidfd backend), inode pins are refused"
+        );
         assert!(log.contains("binding not held"));
         return;
     }

@@ -7,13 +7,16 @@
 
 use std::process::Command;
 
-use crate::util::{is_root, TETHERD};
+use crate::util::{backend, backend_args, is_root, TETHERD};
 
 /// The scenario, run by bash as pid 1 of a new pid namespace. Prints
 /// `SKIP reason`, or one `OK`/`FAIL` line per check.
 const SCRIPT: &str = r#"
 set -u
-T=$1; D=$2; C=$3
+T=$1; D=$2; C=$3; shift 3
+B=("$@") # the backend's arguments for tetherd
+# Outside a pid namespace (netlink) nothing kills what is left: do it.
+trap 'kill $(jobs -p) 2>/dev/null' EXIT
 log=$D/tetherd.log
 ready() { # wait for the Nth "ready:" line
   for _ in $(seq 1 400); do
@@ -29,6 +32,11 @@ wait_log() {
 # Gives the next forked process pid $1 (if it is free).
 next_pid() { echo $(( $1 - 1 )) > /proc/sys/kernel/ns_last_pid; }
 innocent() { # an innocent process that records any SIGTERM it gets
+  # Start times count clock ticks (10 ms): without a pidfs inode (Linux
+  # before 6.9, or the netlink and poll backends) a process that took the
+  # pid within the same tick would share the pin. Only a privileged writer
+  # of ns_last_pid can reuse a pid that fast (docs/ARCHITECTURE.md).
+  sleep 0.03
   next_pid "$1"
   ( trap "echo TERM >> $D/innocent.$1; exit 0" TERM; while :; do sleep 1; done ) &
 }
@@ -48,7 +56,7 @@ sleep 1000 & K2=$!
 printf '[defaults]\ngrace = "1s"\n' > $D/t.toml
 printf '[[binding]]\nname = "held"\nparent = %s\nchildren = [%s, %s]\n' $P1 $C1 $K1 >> $D/t.toml
 printf '[[binding]]\nname = "restart"\nparent = %s\nchildren = [%s, %s]\n' $P2 $C2 $K2 >> $D/t.toml
-"$T" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
+"$T" "${B[@]}" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
 ready 1
 
 kill -9 $C1; wait $C1 2>/dev/null
@@ -61,7 +69,7 @@ kill -TERM $TD; wait $TD
 kill -9 $C2; wait $C2 2>/dev/null
 innocent $C2; I2=$!
 [ "$I2" = "$C2" ] || { echo "SKIP pid $C2 could not be reused (got $I2)"; exit 0; }
-"$T" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
+"$T" "${B[@]}" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
 ready 2
 wait_log "child $C2 dropped"
 kill -9 $P2; wait $P2 2>/dev/null
@@ -79,7 +87,7 @@ kill -TERM $TD; wait $TD
 kill -9 $C3; wait $C3 2>/dev/null
 innocent $C3; I3=$!
 [ "$I3" = "$C3" ] || { echo "SKIP pid $C3 could not be reused (got $I3)"; exit 0; }
-"$T" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
+"$T" "${B[@]}" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
 ready 3
 wait_log "child $C3 dropped"
 kill -9 $P3; wait $P3 2>/dev/null
@@ -102,22 +110,25 @@ fn reused_child_pid_is_never_signalled() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("unshare")
-        .args([
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-            "bash",
-            "-c",
-            SCRIPT,
-            "reuse",
-        ])
+    // The process connector reports only to the initial pid namespace, so
+    // the netlink backend is tested there, steering the host's own
+    // ns_last_pid (a fork elsewhere on the host in between makes the
+    // script skip, never pass falsely).
+    let mut cmd = if backend().as_deref() == Some("netlink") {
+        Command::new("bash")
+    } else {
+        let mut unshare = Command::new("unshare");
+        unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child", "bash"]);
+        unshare
+    };
+    let out = cmd
+        .args(["-c", SCRIPT, "reuse"])
         .arg(TETHERD)
         .arg(dir.path())
         .arg(crate::util::TETHERCTL)
+        .args(backend_args())
         .output()
-        .expect("run unshare");
+        .expect("run the reuse script");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && stdout.is_empty() {

@@ -2,7 +2,11 @@
 //! processes. Modules follow behaviours: `orphan` (what happens when a
 //! parent exits), `lifecycle` (start, stop, files, limits), `reload`
 //! (SIGHUP), `check` (configuration errors through the binary), `reuse`
-//! (pid reuse in a fresh pid namespace) and `scale`.
+//! (pid reuse in a fresh pid namespace), `backends` (the fallback from
+//! pidfd to netlink to poll) and `scale`.
+//!
+//! The README's test command runs this binary once per Linux backend
+//! (`TETHER_TEST_BACKEND=pidfd|netlink|poll`); see `util::backend`.
 
 // Tests may panic, unwrap and index: a failed expectation is a failed test.
 #![allow(
@@ -17,6 +21,7 @@
 
 mod util;
 
+mod backends;
 mod check;
 mod control;
 mod kill_modes;

@@ -4,7 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -426,35 +426,64 @@ fn exec(
             format!("the parent {ppid} {why}; not starting {program}"),
         )
     };
-    let parent_fd: OwnedFd =
-        tether::sys::linux::pidfd_open(ppid).map_err(|err| match err.raw_os_error() {
+    // A pidfd on the parent and on this process where the kernel has
+    // them: the daemon then pins both race-free. Elsewhere (macOS, the
+    // BSDs, Linux before 5.3 or under seccomp) each is named by its start
+    // time, read now, while the parent is proven ours by getppid() below.
+    let parent_fd =
+        tether::sys::process_descriptor(ppid).map_err(|err| match err.raw_os_error() {
             Some(libc::ESRCH) | Some(libc::EINVAL) => gone("is already gone"),
             _ => (
                 Exit::Refused,
                 format!("cannot open the parent {ppid}: {err}"),
             ),
         })?;
+    let parent_start = match (&parent_fd, parent.and_then(|p| p.start)) {
+        (_, Some(start)) => Some(start),
+        (Some(_), None) => None,
+        (None, None) => match tether::watch::start_time(ppid) {
+            Ok(Some(start)) => Some(start),
+            Ok(None) => return Err(gone("is already gone")),
+            Err(err) => {
+                return Err((
+                    Exit::Refused,
+                    format!("cannot read the start time of the parent {ppid}: {err}"),
+                ))
+            }
+        },
+    };
     if own_parent && nix::unistd::getppid().as_raw() != ppid {
         return Err(gone("exited before it could be watched"));
     }
     let me = nix::unistd::getpid().as_raw();
-    let self_fd: OwnedFd = tether::sys::linux::pidfd_open(me).map_err(|err| {
+    let self_fd = tether::sys::process_descriptor(me).map_err(|err| {
         (
             Exit::Refused,
             format!("cannot open a pidfd on this process: {err}"),
         )
     })?;
+    let self_start = match &self_fd {
+        Some(_) => None,
+        None => tether::watch::start_time(me).ok().flatten(),
+    };
+    let fds: Vec<BorrowedFd<'_>> = [&parent_fd, &self_fd]
+        .into_iter()
+        .flatten()
+        .map(|fd| fd.as_fd())
+        .collect();
+    let parent_idx = parent_fd.as_ref().map(|_| 0);
+    let self_idx = self_fd.as_ref().map(|_| usize::from(parent_fd.is_some()));
 
     let mut req = bind_request(
         ProcRef {
             pid: ppid,
-            start: parent.and_then(|p| p.start),
-            pidfd: Some(0),
+            start: parent_start,
+            pidfd: parent_idx,
         },
         vec![ProcRef {
             pid: me,
-            start: None,
-            pidfd: Some(1),
+            start: self_start,
+            pidfd: self_idx,
         }],
         BindingOptions {
             name: options.name.clone().or_else(|| Some(program.clone())),
@@ -463,7 +492,7 @@ fn exec(
     );
     req.require_live_parent = true;
     let signal = req.signal.clone();
-    match request(socket, Op::Bind(req), &[parent_fd.as_fd(), self_fd.as_fd()]) {
+    match request(socket, Op::Bind(req), &fds) {
         Ok(_) => {}
         Err((Exit::NoDaemon, why)) if fallback => {
             if !own_parent {
@@ -480,13 +509,13 @@ fn exec(
             match tether::sys::arm_parent_death_signal(sig) {
                 Ok(true) => eprintln!(
                     "tetherctl: {why}; falling back to the kernel's parent-death signal ({sig}); \
-                     it is weaker: it fires when the launching thread exits, is cleared by set-uid exec, \
-                     and has no SIGKILL escalation"
+                     it is weaker: on Linux it fires when the launching thread exits, it is cleared by set-uid exec, \
+                     and it has no SIGKILL escalation"
                 ),
                 Ok(false) => {
                     return Err((
                         Exit::NoDaemon,
-                        format!("{why}; this OS has no parent-death signal to fall back on"),
+                        format!("{why}; this OS has no kernel parent-death signal to fall back on (Linux and FreeBSD have one), so tetherctl exec needs the daemon here"),
                     ))
                 }
                 Err(err) => return Err((Exit::NoDaemon, format!("{why}; arming the parent-death signal failed: {err}"))),

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use tether::config::Trust;
-use tether::daemon::{ConfigSource, Daemon, Options};
+use std::time::Duration;
+
+use tether::config::{parse_poll_interval, BackendKind, Trust};
+use tether::daemon::{ConfigSource, Options};
 
 /// Exit codes, documented in `--help` and tetherd(8).
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +36,7 @@ Signals:
 
 Exit status:
   0  stopped cleanly (or, with --check-config, the configuration is valid)
-  1  runtime failure (no pidfd support, event loop error)
+  1  runtime failure (no usable backend, socket in use, event loop error)
   2  usage error or invalid configuration
 
 Files:
@@ -68,14 +70,37 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
+    /// How to watch processes: auto, pidfd, netlink or poll (Linux),
+    /// kqueue (macOS, BSDs) [default: [daemon] backend, else auto]
+    #[arg(long, value_name = "NAME", value_parser = parse_backend)]
+    backend: Option<BackendKind>,
+
+    /// How often the poll backend checks the watched processes, e.g.
+    /// "500ms" (10ms to 1h) [default: [daemon] poll_interval, else 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_poll_interval)]
+    poll_interval: Option<Duration>,
+
     /// Validate the configuration, print any errors, and exit (0 valid,
     /// 2 invalid) without starting
     #[arg(short = 't', long)]
     check_config: bool,
+
+    /// Print each backend this build has and whether it can run here
+    /// (with the reason if not), best first, and exit (0 if any can, 1
+    /// if none)
+    #[arg(long, conflicts_with = "check_config")]
+    list_backends: bool,
+}
+
+fn parse_backend(text: &str) -> Result<BackendKind, String> {
+    text.parse()
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.list_backends {
+        return list_backends(&args);
+    }
     let root = nix::unistd::geteuid().is_root();
     let source = match &args.config {
         Some(path) => ConfigSource {
@@ -115,8 +140,10 @@ fn main() -> ExitCode {
         state_path: args.state,
         socket_path: args.socket,
         log_from_env,
+        backend: args.backend,
+        poll_interval: args.poll_interval,
     };
-    let mut daemon = match Daemon::new(options, config) {
+    let mut daemon = match tether::daemon::start(options, config) {
         Ok(daemon) => daemon,
         Err(err) => {
             log::error!("cannot start: {err}");
@@ -129,6 +156,30 @@ fn main() -> ExitCode {
             log::error!("event loop failed: {err}");
             Exit::Runtime.into()
         }
+    }
+}
+
+/// `--list-backends`: one line per backend, `NAME usable` or `NAME not
+/// usable: REASON`.
+fn list_backends(args: &Args) -> ExitCode {
+    let settings = tether::watch::Settings {
+        kind: BackendKind::Auto,
+        poll_interval: args.poll_interval.unwrap_or(Duration::from_secs(1)),
+    };
+    let mut any = false;
+    for (kind, result) in tether::watch::probe(&settings) {
+        match result {
+            Ok(()) => {
+                any = true;
+                println!("{kind:<8} usable");
+            }
+            Err(err) => println!("{kind:<8} not usable: {err}"),
+        }
+    }
+    if any {
+        Exit::Ok.into()
+    } else {
+        Exit::Runtime.into()
     }
 }
 

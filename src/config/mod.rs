@@ -14,10 +14,10 @@ mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
+    BackendKind, BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
     PidfileBindingSpec, ProcSpec, Signal,
 };
-pub use validate::{parse_duration, parse_kill, parse_signal};
+pub use validate::{parse_duration, parse_kill, parse_poll_interval, parse_signal};
 
 use std::fs::File;
 use std::io::Read;

@@ -80,6 +80,73 @@ pub struct DaemonSettings {
     pub socket: Option<PathBuf>,
     /// `max_bindings_per_uid`: live socket bindings one uid may hold.
     pub max_bindings_per_uid: usize,
+    /// `backend`: how processes are watched.
+    pub backend: BackendKind,
+    /// `poll_interval`: how often the `poll` backend looks.
+    pub poll_interval: Duration,
+}
+
+/// `[daemon] backend`: how tetherd watches processes. Which ones a build
+/// can run depends on its OS; the daemon refuses the others at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendKind {
+    /// The best this host offers: pidfd, then netlink, then poll on Linux;
+    /// kqueue elsewhere.
+    #[default]
+    Auto,
+    /// Linux 5.3+: one pidfd per process. Race-free.
+    Pidfd,
+    /// Linux without pidfds: the netlink process connector (root, or
+    /// CAP_NET_ADMIN, in the initial namespaces).
+    Netlink,
+    /// Linux without pidfds or netlink: every watched pid re-read each
+    /// `poll_interval`. The degraded mode.
+    Poll,
+    /// macOS and the BSDs: EVFILT_PROC in a kqueue.
+    Kqueue,
+}
+
+impl BackendKind {
+    /// Every name, in the order of the documentation.
+    pub const ALL: [BackendKind; 5] = [
+        BackendKind::Auto,
+        BackendKind::Pidfd,
+        BackendKind::Netlink,
+        BackendKind::Poll,
+        BackendKind::Kqueue,
+    ];
+
+    /// The name written in the configuration and shown by `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Pidfd => "pidfd",
+            BackendKind::Netlink => "netlink",
+            BackendKind::Poll => "poll",
+            BackendKind::Kqueue => "kqueue",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown backend {s:?} (expected one of: auto, pidfd, netlink, poll, kqueue)"
+                )
+            })
+    }
 }
 
 impl Default for DaemonSettings {
@@ -89,6 +156,8 @@ impl Default for DaemonSettings {
             state: None,
             socket: None,
             max_bindings_per_uid: 1024,
+            backend: BackendKind::Auto,
+            poll_interval: Duration::from_secs(1),
         }
     }
 }

@@ -17,13 +17,20 @@ use toml::de::DeValue;
 
 use super::error::{ConfigError, ConfigErrors};
 use super::model::{
-    BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
+    BackendKind, BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
     PidfileBindingSpec, ProcSpec, Signal,
 };
 use super::raw::{self, Entry, RawConfig, SyntaxError, Table, Value, TOP_LEVEL_KEYS};
 
 /// Keys of `[daemon]`.
-const DAEMON_KEYS: [&str; 4] = ["log", "state", "socket", "max_bindings_per_uid"];
+const DAEMON_KEYS: [&str; 6] = [
+    "log",
+    "state",
+    "socket",
+    "max_bindings_per_uid",
+    "backend",
+    "poll_interval",
+];
 /// Keys of `[defaults]`.
 const DEFAULTS_KEYS: [&str; 3] = ["signal", "grace", "kill"];
 /// Keys of a `[[binding]]`.
@@ -461,7 +468,33 @@ fn daemon_settings(table: &Table<'_>, problems: &mut Vec<Problem>) -> DaemonSett
     if let Some((max, _)) = cx.field(table, "max_bindings_per_uid", max_per_uid) {
         settings.max_bindings_per_uid = max;
     }
+    if let Some((backend, _)) = cx.field(table, "backend", |value| {
+        string(value)?.parse::<BackendKind>()
+    }) {
+        settings.backend = backend;
+    }
+    if let Some((interval, _)) = cx.field(table, "poll_interval", |value| {
+        parse_poll_interval(string(value)?)
+    }) {
+        settings.poll_interval = interval;
+    }
     settings
+}
+
+/// Checks `[daemon] poll_interval` (and `tetherd --poll-interval`): a
+/// duration from 10ms to 1h.
+pub fn parse_poll_interval(text: &str) -> Result<Duration, String> {
+    let range = || format!("{text:?} is out of range (expected a duration from 10ms to 1h)");
+    match parse_duration(text) {
+        Ok(Grace::After(interval))
+            if (Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&interval) =>
+        {
+            Ok(interval)
+        }
+        Ok(_) => Err(range()),
+        Err(err) if err.starts_with("invalid") => Err(err.replace(" or \"never\"", "")),
+        Err(_) => Err(range()),
+    }
 }
 
 /// Checks `[daemon] socket`: an absolute path short enough for a Unix
@@ -1524,7 +1557,26 @@ state = "state.json"
             &[
                 "t.toml:2:7: [daemon]: log: expected a string, found an integer",
                 "t.toml:3:9: [daemon]: state: empty path (remove the key to use the default)",
-                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid) (did you mean "log"?)"#,
+                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval) (did you mean "log"?)"#,
+            ],
+        );
+        check(
+            "[daemon]\nbackend = \"epoll\"\npoll_interval = \"1ms\"\n",
+            &[
+                r#"t.toml:2:11: [daemon]: backend: unknown backend "epoll" (expected one of: auto, pidfd, netlink, poll, kqueue)"#,
+                r#"t.toml:3:17: [daemon]: poll_interval: "1ms" is out of range (expected a duration from 10ms to 1h)"#,
+            ],
+        );
+        check(
+            "[daemon]\npoll_interval = \"never\"\n",
+            &[
+                r#"t.toml:2:17: [daemon]: poll_interval: "never" is out of range (expected a duration from 10ms to 1h)"#,
+            ],
+        );
+        check(
+            "[daemon]\npoll_interval = \"1 s\"\n",
+            &[
+                r#"t.toml:2:17: [daemon]: poll_interval: invalid duration "1 s" (expected e.g. "500ms", "5s", "2m")"#,
             ],
         );
         check(

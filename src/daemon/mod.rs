@@ -41,7 +41,7 @@ use crate::config::{
     Grace, KillMode, Pid, PidSource, PidfileBindingSpec, ProcSpec, Signal, Trust,
 };
 use crate::protocol::ReloadInfo;
-use crate::watch::{Backend, Delivery, Identity, OpenError, ProcEntry, Watcher};
+use crate::watch::{self, Backend, Delivery, Identity, OpenError, ProcEntry};
 use bindings::{Binding, Bindings, Member, MemberRef, Scope, MAX_CHILDREN, RESERVED_TOKENS};
 use control::{Conn, ControlSocket};
 use state::{Pin, Pins, SavedBinding, SavedProc};
@@ -50,15 +50,15 @@ use state::{Pin, Pins, SavedBinding, SavedProc};
 const SIGNAL_TOKEN: Token = Token(RESERVED_TOKENS);
 /// The token of the control socket's listener.
 const LISTENER_TOKEN: Token = Token(RESERVED_TOKENS + 1);
+/// The token of the watch backend's own event source, if it has one.
+const BACKEND_TOKEN: Token = Token(RESERVED_TOKENS + 2);
 /// Connection `i` has token `CONN_TOKENS + i`.
-const CONN_TOKENS: usize = RESERVED_TOKENS + 2;
+const CONN_TOKENS: usize = RESERVED_TOKENS + 3;
 
 /// Descriptors kept aside for the daemon's own use (logs, state file,
 /// epoll, the signal pipe, later the control socket) when estimating how
 /// many bindings the descriptor limit allows.
 const RESERVED_FDS: u64 = 64;
-
-type Handle = <Watcher as Backend>::Handle;
 
 /// Where the configuration comes from.
 #[derive(Debug, Clone)]
@@ -96,6 +96,55 @@ pub struct Options {
     /// Whether `RUST_LOG` set the log filter (then `[daemon] log` is
     /// ignored, also on reload).
     pub log_from_env: bool,
+    /// The backend (`--backend`); `None` takes `[daemon] backend`.
+    pub backend: Option<config::BackendKind>,
+    /// The poll backend's interval (`--poll-interval`); `None` takes
+    /// `[daemon] poll_interval`.
+    pub poll_interval: Option<Duration>,
+}
+
+/// A daemon whose watch backend has been chosen; what `tetherd` runs.
+pub trait Service: std::fmt::Debug {
+    /// Runs until SIGTERM or SIGINT.
+    fn run(&mut self) -> io::Result<Stop>;
+    /// The number of bindings held.
+    fn n_bindings(&self) -> usize;
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+}
+
+impl<B: Backend> Service for Daemon<B> {
+    fn run(&mut self) -> io::Result<Stop> {
+        Daemon::run(self)
+    }
+
+    fn n_bindings(&self) -> usize {
+        Daemon::n_bindings(self)
+    }
+
+    fn backend(&self) -> &'static str {
+        self.watcher.name()
+    }
+}
+
+/// Chooses the watch backend (`--backend`, else `[daemon] backend`; with
+/// `auto` the best one this host allows) and sets up the daemon on it.
+pub fn start(options: Options, config: Config) -> io::Result<Box<dyn Service>> {
+    let settings = watch::Settings {
+        kind: options.backend.unwrap_or(config.daemon.backend),
+        poll_interval: options.poll_interval.unwrap_or(config.daemon.poll_interval),
+    };
+    struct Starter {
+        options: Options,
+        config: Config,
+    }
+    impl watch::Visitor for Starter {
+        type Output = io::Result<Box<dyn Service>>;
+        fn visit<B: Backend + 'static>(self, backend: B) -> Self::Output {
+            Ok(Box::new(Daemon::new(backend, self.options, self.config)?))
+        }
+    }
+    watch::with_backend(&settings, Starter { options, config })?
 }
 
 /// How the loop ended.
@@ -106,12 +155,12 @@ pub enum Stop {
 }
 
 /// The running daemon.
-pub struct Daemon {
+pub struct Daemon<B: Backend> {
     poll: Poll,
     events: Events,
-    watcher: Watcher,
+    watcher: B,
     signals: Signals,
-    bindings: Bindings<Handle>,
+    bindings: Bindings<B::Handle>,
     /// Socket bindings by the id users see. (Config bindings have ids
     /// too, but are not unbound by id; a map for them would cost memory on
     /// every binding for nothing.)
@@ -141,7 +190,7 @@ pub struct Daemon {
     fd_limit: u64,
 }
 
-impl std::fmt::Debug for Daemon {
+impl<B: Backend> std::fmt::Debug for Daemon<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Daemon")
             .field("backend", &self.watcher)
@@ -152,21 +201,16 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
-impl Daemon {
-    /// Sets up the loop, the watch backend and the signal source, reads the
+impl<B: Backend> Daemon<B> {
+    /// Sets up the loop around `watcher` and the signal source, reads the
     /// state file and arms every binding of `config`.
-    pub fn new(options: Options, config: Config) -> io::Result<Daemon> {
+    pub fn new(mut watcher: B, options: Options, config: Config) -> io::Result<Daemon<B>> {
         let fd_limit = crate::sys::raise_nofile_limit()?;
-        let watcher = Watcher::new().map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!("the pidfd backend is not available ({err}); tetherd needs Linux 5.3 or later, and pidfd_open allowed by seccomp"),
-            )
-        })?;
         let poll = Poll::new()?;
         let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)?;
+        watcher.register_source(poll.registry(), BACKEND_TOKEN)?;
         let state_path = options
             .state_path
             .clone()
@@ -250,8 +294,13 @@ impl Daemon {
             tokens.clear();
             tokens.extend(self.events.iter().map(|event| event.token()));
             tokens.extend(self.backlog.drain(..).map(|idx| Token(CONN_TOKENS + idx)));
+            if self.watcher.has_pending() || tokens.contains(&BACKEND_TOKEN) {
+                self.watcher.collect(&mut tokens);
+            }
             for &token in &tokens {
-                if token == SIGNAL_TOKEN {
+                if token == BACKEND_TOKEN {
+                    continue;
+                } else if token == SIGNAL_TOKEN {
                     if let Some(stop) = self.handle_signals() {
                         self.commit();
                         if let Err(err) = self.save_state_if(Dirty::Lazy) {
@@ -289,7 +338,7 @@ impl Daemon {
     /// connection's idle timeout), zero while input is left unread, or
     /// forever when nothing is pending.
     fn next_timeout(&mut self) -> Option<Duration> {
-        if !self.backlog.is_empty() {
+        if !self.backlog.is_empty() || self.watcher.has_pending() {
             return Some(Duration::ZERO);
         }
         // Deadlines of bindings that finished or went away before their
@@ -683,8 +732,8 @@ impl Daemon {
         spec: Rc<BindingSpec>,
         origin: Origin,
         public_id: u64,
-        parent: Option<Member<Handle>>,
-        children: Vec<Option<Member<Handle>>>,
+        parent: Option<Member<B::Handle>>,
+        children: Vec<Option<Member<B::Handle>>>,
         label: &str,
     ) -> Option<BindingId> {
         let scope = match spec.kill {
@@ -771,8 +820,8 @@ impl Daemon {
     /// its own, and signalling it would hit the launcher's siblings.
     fn group_check(
         &self,
-        parent: Option<&Member<Handle>>,
-        children: &[Option<Member<Handle>>],
+        parent: Option<&Member<B::Handle>>,
+        children: &[Option<Member<B::Handle>>],
     ) -> Result<Vec<i32>, String> {
         let own = nix::unistd::getpgrp().as_raw();
         let init_group = self.watcher.init_group();
@@ -842,7 +891,7 @@ impl Daemon {
         let first_new = scope.extras.len();
         let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         // Who is held and alive now: the roots of the search.
-        let held: Vec<(i32, &Handle)> = binding
+        let held: Vec<(i32, &B::Handle)> = binding
             .children
             .iter()
             .flatten()
@@ -968,7 +1017,11 @@ impl Daemon {
     /// identity, read after the handle was opened, must match the pin of the
     /// config, or the pin recorded when the daemon first saw the pid. A pid
     /// seen for the first time is pinned now.
-    fn open_member(&mut self, spec: &ProcSpec, origin: Origin) -> Result<Proven, String> {
+    fn open_member(
+        &mut self,
+        spec: &ProcSpec,
+        origin: Origin,
+    ) -> Result<Proven<B::Handle>, String> {
         let opened = self.watcher.open(spec.pid);
         let pin_source = match origin {
             Origin::Config => "the configured pin",
@@ -983,9 +1036,9 @@ impl Daemon {
     fn prove(
         &mut self,
         spec: &ProcSpec,
-        opened: Result<(Handle, Identity), OpenError>,
+        opened: Result<(B::Handle, Identity), OpenError>,
         pin_source: &str,
-    ) -> Result<Proven, String> {
+    ) -> Result<Proven<B::Handle>, String> {
         let (handle, identity) = match opened {
             Ok(opened) => opened,
             Err(OpenError::Gone) => return Ok(Proven::Gone("no such process".into())),
@@ -1273,7 +1326,7 @@ impl Daemon {
     }
 
     /// Releases everything a binding removed from the slab holds.
-    fn close(&mut self, mut binding: Binding<Handle>) {
+    fn close(&mut self, mut binding: Binding<B::Handle>) {
         if let Some(parent) = binding.parent.take() {
             let _ = self
                 .watcher
@@ -1317,13 +1370,13 @@ impl Dirty {
 
 /// A process proven to be the bound one (with the identity proven), or
 /// why it is not there.
-enum Proven {
-    Live(Member<Handle>, Identity),
+enum Proven<H> {
+    Live(Member<H>, Identity),
     Gone(String),
 }
 
 /// Deregisters and closes the member in `slot`, if any.
-fn release(watcher: &mut Watcher, poll: &Poll, slot: &mut Option<Member<Handle>>) {
+fn release<B: Backend>(watcher: &mut B, poll: &Poll, slot: &mut Option<Member<B::Handle>>) {
     if let Some(member) = slot.take() {
         let _ = watcher.deregister(poll.registry(), &member.handle);
     }

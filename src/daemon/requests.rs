@@ -15,7 +15,7 @@ use mio::Token;
 
 use super::bindings::{Member, MAX_CHILDREN};
 use super::control::{Conn, IDLE_TIMEOUT, MAX_CONNECTIONS};
-use super::{Daemon, Handle, Origin, Phase, Proven, CONN_TOKENS};
+use super::{Daemon, Origin, Phase, Proven, CONN_TOKENS};
 use crate::config::{parse_duration, parse_kill, parse_signal, BindingSpec, Pid, ProcSpec};
 use crate::protocol::{
     BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo, MAX_LINE,
@@ -49,7 +49,7 @@ pub(super) enum Ack {
     Unbind(u64),
 }
 
-impl Daemon {
+impl<B: Backend> Daemon<B> {
     /// Accepts every pending connection.
     pub(super) fn accept(&mut self) {
         loop {
@@ -403,7 +403,7 @@ impl Daemon {
         }
         // The spec pins every process to the identity just proven, so the
         // binding survives restarts without ever meaning another process.
-        let pinned = |(m, identity): &(Member<Handle>, Identity)| ProcSpec {
+        let pinned = |(m, identity): &(Member<B::Handle>, Identity)| ProcSpec {
             pid: m.pid,
             start: Some(identity.start),
             inode: identity.inode,
@@ -453,7 +453,7 @@ impl Daemon {
         r: &ProcRef,
         pid: Pid,
         fds: &mut [Option<OwnedFd>],
-    ) -> Result<Proven, String> {
+    ) -> Result<Proven<B::Handle>, String> {
         let opened = match r.pidfd {
             Some(idx) => {
                 let fd = fds.get_mut(idx).and_then(Option::take).ok_or_else(|| {
@@ -486,7 +486,7 @@ impl Daemon {
     /// A caller other than root may bind only children it could signal
     /// itself: `pidfd_open` checks nothing, and a root daemon must not
     /// become a confused deputy.
-    fn authorize(&self, peer: &PeerCred, child: &Member<Handle>) -> Result<(), String> {
+    fn authorize(&self, peer: &PeerCred, child: &Member<B::Handle>) -> Result<(), String> {
         if peer.uid == 0 {
             return Ok(());
         }

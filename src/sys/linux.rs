@@ -43,3 +43,68 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
     })?;
     Ok(())
 }
+
+/// A non-blocking `NETLINK_CONNECTOR` datagram socket, not yet bound.
+pub fn netlink_connector_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes three integers and returns a new descriptor
+    // or -1; it reads no memory of ours.
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::NETLINK_CONNECTOR,
+        )
+    })?;
+    // SAFETY: the kernel just created `fd` for us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches a classic BPF program to a socket (`SO_ATTACH_FILTER`): the
+/// kernel drops what the program rejects before it wakes anyone.
+pub fn attach_socket_filter(fd: &OwnedFd, program: &[libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?,
+        // The kernel copies the program and does not write to it.
+        filter: program.as_ptr().cast_mut(),
+    };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sock_fprog>())
+        .map_err(|_| io::Error::other("sock_fprog size"))?;
+    // SAFETY: `prog` and the program it points to live across the call;
+    // the kernel reads exactly `len` bytes of `prog` and `prog.len`
+    // instructions, and copies them.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            std::ptr::from_ref(&prog).cast(),
+            len,
+        )
+    })?;
+    Ok(())
+}
+
+/// Joins or leaves the netlink multicast group `group`
+/// (`NETLINK_ADD_MEMBERSHIP`, `NETLINK_DROP_MEMBERSHIP`).
+pub fn netlink_membership(fd: &OwnedFd, group: u32, join: bool) -> io::Result<()> {
+    let opt = if join {
+        libc::NETLINK_ADD_MEMBERSHIP
+    } else {
+        libc::NETLINK_DROP_MEMBERSHIP
+    };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<u32>())
+        .map_err(|_| io::Error::other("u32 size"))?;
+    // SAFETY: the option value is a u32 that lives across the call, and
+    // `len` is its size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_NETLINK,
+            opt,
+            std::ptr::from_ref(&group).cast(),
+            len,
+        )
+    })?;
+    Ok(())
+}

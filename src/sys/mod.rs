@@ -4,8 +4,17 @@
 //! hands back owned, safe types (`OwnedFd`, `io::Result`). Platform files are
 //! chosen here, once; callers outside `sys` and `watch` never see `cfg`.
 
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "android"))]
 pub mod linux;
+
+#[cfg(any(
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+))]
+pub mod bsd;
 
 use std::io;
 
@@ -109,12 +118,13 @@ pub fn recv_with_fds(
 
     let mut iov = [io::IoSliceMut::new(buf)];
     let mut cmsg = nix::cmsg_space!([RawFd; 16]);
-    let msg = recvmsg::<()>(
-        fd.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
+    // macOS has no MSG_CMSG_CLOEXEC; the daemon never forks, so the
+    // descriptors (dropped there anyway: no pidfds) cannot leak.
+    #[cfg(not(target_os = "macos"))]
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    #[cfg(target_os = "macos")]
+    let flags = MsgFlags::MSG_DONTWAIT;
+    let msg = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags)?;
     let n = msg.bytes;
     let mut truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
     let mut fds = Vec::new();
@@ -160,10 +170,11 @@ pub fn send_with_fds(
 
 /// Arms the kernel's parent-death signal for the calling process: the
 /// kernel sends `sig` when the parent exits. Returns `Ok(false)` where the
-/// OS has no such mechanism.
+/// OS has no such mechanism (macOS, OpenBSD, NetBSD).
 ///
 /// On Linux (`PR_SET_PDEATHSIG`) "parent" means the *thread* that forked
-/// us, and the setting is cleared on set-uid/set-gid exec; callers must
+/// us, and the setting is cleared on set-uid/set-gid exec; on FreeBSD
+/// (`PROC_PDEATHSIG_CTL`) it is cleared by such an exec too. Callers must
 /// say so to the user.
 pub fn arm_parent_death_signal(sig: nix::sys::signal::Signal) -> io::Result<bool> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -171,10 +182,45 @@ pub fn arm_parent_death_signal(sig: nix::sys::signal::Signal) -> io::Result<bool
         nix::sys::prctl::set_pdeathsig(sig)?;
         Ok(true)
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(target_os = "freebsd")]
+    {
+        let mut signo: libc::c_int = sig as libc::c_int;
+        // SAFETY: procctl(P_PID, 0 = ourselves, PROC_PDEATHSIG_CTL) reads
+        // one int through the pointer, which lives across the call.
+        cvt(unsafe {
+            libc::procctl(
+                libc::P_PID,
+                0,
+                libc::PROC_PDEATHSIG_CTL,
+                std::ptr::from_mut(&mut signo).cast(),
+            )
+        })?;
+        Ok(true)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
     {
         let _ = sig;
         Ok(false)
+    }
+}
+
+/// A descriptor on process `pid` that can be passed to tetherd (a Linux
+/// pidfd), or `None` where the OS or kernel has none (kernels before 5.3,
+/// pidfd_open forbidden by seccomp, macOS and the BSDs): then the caller
+/// identifies the process by its start time instead.
+pub fn process_descriptor(pid: i32) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        match linux::pidfd_open(pid) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = pid;
+        Ok(None)
     }
 }
 

@@ -7,24 +7,198 @@
 //! refers to. Every backend implements [`Backend`]; the daemon is written
 //! against that trait alone and never uses `cfg(target_os)`.
 //!
-//! Backends:
-//! - Linux: [`pidfd`] (pidfd_open, readable on exit, pidfd_send_signal).
-//!   Linux 5.3 or later.
+//! Backends ([`BackendKind`]; `auto` takes the first that works here):
+//! - Linux `pidfd` ([`pidfd`]): pidfd_open, readable on exit,
+//!   pidfd_send_signal. Linux 5.3 or later. Race-free.
+//! - Linux `netlink` and `poll` ([`procwatch`]): for kernels without
+//!   pidfds, or where seccomp forbids them. Exits come from the netlink
+//!   process connector (needs CAP_NET_ADMIN in the initial namespaces) or
+//!   from re-reading every watched pid's `/proc` entry each interval.
+//!   Signals go by pid after the start time was checked.
+//! - BSDs and macOS `kqueue` ([`kqueue`]): EVFILT_PROC/NOTE_EXIT in an
+//!   inner kqueue; identities from sysctl `kern.proc.pid`; signals by pid
+//!   after the start time was checked.
 
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::time::Duration;
 
+use log::warn;
 use mio::{Registry, Token};
 
+pub use crate::config::BackendKind;
 use crate::config::{Pid, Signal};
 
-#[cfg(target_os = "linux")]
-pub mod pidfd;
+mod pids;
 
-/// The backend of this platform.
-#[cfg(target_os = "linux")]
-pub type Watcher = pidfd::PidfdWatcher;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub mod pidfd;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod procfs;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub mod procwatch;
+
+#[cfg(any(
+    target_os = "macos",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+))]
+pub mod kqueue;
+
+/// How the backend is chosen and tuned (`[daemon] backend`,
+/// `poll_interval`, `tetherd --backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Which backend; `Auto` tries them best first.
+    pub kind: BackendKind,
+    /// How often the `poll` backend re-reads the watched processes.
+    pub poll_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kind: BackendKind::Auto,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What to do with the backend once it is chosen: the daemon is generic
+/// over [`Backend`], and this is how it gets the concrete type without
+/// knowing which kernel it runs on.
+pub trait Visitor {
+    /// What the visit returns.
+    type Output;
+    /// Called once with the chosen backend.
+    fn visit<B: Backend + 'static>(self, backend: B) -> Self::Output;
+}
+
+/// The backends this build can run, best first (the order `auto` tries).
+pub fn available() -> &'static [BackendKind] {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        &[BackendKind::Pidfd, BackendKind::Netlink, BackendKind::Poll]
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        &[BackendKind::Kqueue]
+    }
+}
+
+/// Opens the backend `settings` asks for and hands it to `visitor`. With
+/// `auto`, each backend of [`available`] is tried in order and every one
+/// that fails is logged with its reason.
+pub fn with_backend<V: Visitor>(settings: &Settings, visitor: V) -> io::Result<V::Output> {
+    let kinds: &[BackendKind] = match &settings.kind {
+        BackendKind::Auto => available(),
+        one => std::slice::from_ref(one),
+    };
+    let mut failures = Vec::new();
+    for &kind in kinds {
+        match open(kind, settings) {
+            Ok(opened) => {
+                if !failures.is_empty() {
+                    warn!("backend {kind} chosen because {}", failures.join("; "));
+                }
+                return Ok(opened.visit(visitor));
+            }
+            Err(err) => failures.push(format!("{kind} is not usable: {err}")),
+        }
+    }
+    Err(io::Error::other(failures.join("; ")))
+}
+
+/// Whether each backend of this build can run here: opens it and closes
+/// it again (`tetherd --list-backends`).
+pub fn probe(settings: &Settings) -> Vec<(BackendKind, io::Result<()>)> {
+    available()
+        .iter()
+        .map(|&kind| (kind, open(kind, settings).map(drop)))
+        .collect()
+}
+
+/// A backend opened by [`with_backend`], before it is handed on.
+enum Opened {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    Pidfd(pidfd::PidfdWatcher),
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    Proc(procwatch::ProcWatcher),
+    #[cfg(any(
+        target_os = "macos",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    ))]
+    Kqueue(kqueue::KqueueWatcher),
+}
+
+impl Opened {
+    fn visit<V: Visitor>(self, visitor: V) -> V::Output {
+        match self {
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Opened::Pidfd(backend) => visitor.visit(backend),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Opened::Proc(backend) => visitor.visit(backend),
+            #[cfg(any(
+                target_os = "macos",
+                target_os = "freebsd",
+                target_os = "openbsd",
+                target_os = "netbsd",
+                target_os = "dragonfly"
+            ))]
+            Opened::Kqueue(backend) => visitor.visit(backend),
+        }
+    }
+}
+
+fn open(kind: BackendKind, settings: &Settings) -> io::Result<Opened> {
+    let _ = settings;
+    match kind {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        BackendKind::Pidfd => pidfd::PidfdWatcher::new().map(Opened::Pidfd),
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        BackendKind::Netlink => procwatch::ProcWatcher::netlink().map(Opened::Proc),
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        BackendKind::Poll => procwatch::ProcWatcher::poll(settings.poll_interval).map(Opened::Proc),
+        #[cfg(any(
+            target_os = "macos",
+            target_os = "freebsd",
+            target_os = "openbsd",
+            target_os = "netbsd",
+            target_os = "dragonfly"
+        ))]
+        BackendKind::Kqueue => kqueue::KqueueWatcher::new().map(Opened::Kqueue),
+        other => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{other} is not a backend of this OS (this build has: {})",
+                available()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// The start time of a running process as backends record it (`Identity::start`),
+/// for tetherctl, which pins the processes it binds without a backend.
+pub fn start_time(pid: i32) -> io::Result<Option<u64>> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        Ok(procfs::stat(pid)?.map(|s| s.start))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        Ok(crate::sys::bsd::proc_info(pid)?.map(|p| p.start))
+    }
+}
 
 /// What pins a process: facts about it that a process reusing its pid
 /// cannot share.
@@ -119,9 +293,6 @@ pub trait Backend: Sized + fmt::Debug {
     /// and no other, whatever becomes of the pid.
     type Handle: fmt::Debug;
 
-    /// Prepares the backend. Fails when the kernel lacks what it needs.
-    fn new() -> io::Result<Self>;
-
     /// A short name for logs and status (`pidfd`, `kqueue`, ...).
     fn name(&self) -> &'static str;
 
@@ -168,6 +339,25 @@ pub trait Backend: Sized + fmt::Debug {
 
     /// Undoes [`Backend::register`].
     fn deregister(&mut self, registry: &Registry, handle: &Self::Handle) -> io::Result<()>;
+
+    /// Registers the backend's own event source (a netlink socket, a
+    /// timer, an inner kqueue), if it has one, under `token`. Backends
+    /// whose handles are their own sources (pidfds) have none.
+    fn register_source(&mut self, _registry: &Registry, _token: Token) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Appends to `out` the tokens of watched processes that have exited,
+    /// each once: called when the source's token is ready, and whenever
+    /// [`Backend::has_pending`] says exits are queued. A token reported
+    /// here needs no [`Backend::deregister`] (it is harmless).
+    fn collect(&mut self, _out: &mut Vec<Token>) {}
+
+    /// Whether exits are queued for [`Backend::collect`] that no event of
+    /// the source will announce (a process found dead at registration).
+    fn has_pending(&self) -> bool {
+        false
+    }
 
     /// Whether the process has exited (it may be a zombie). Never blocks.
     fn has_exited(&self, handle: &Self::Handle) -> bool;

@@ -11,14 +11,13 @@
 //! reused in between, so the start time read is the pidfd's own. On pidfs
 //! (Linux 6.9+) the pidfd's inode is a per-boot unique id and is added.
 
-use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
 use crate::config::{Pid, Signal};
 use crate::sys::linux as sys;
@@ -38,12 +37,11 @@ pub struct PidfdHandle {
     fd: OwnedFd,
 }
 
-impl Backend for PidfdWatcher {
-    type Handle = PidfdHandle;
-
-    fn new() -> io::Result<Self> {
-        // Probe with our own pid: this fails on kernels before 5.3 and
-        // under seccomp profiles that forbid pidfd_open.
+impl PidfdWatcher {
+    /// Probes `pidfd_open` on the daemon's own pid: this fails on kernels
+    /// before 5.3 (ENOSYS) and under seccomp profiles that forbid it
+    /// (EPERM, or whatever errno the profile chose).
+    pub fn new() -> io::Result<Self> {
         let own = sys::pidfd_open(nix::unistd::getpid().as_raw())?;
         // `f_type` is i64 on 64-bit glibc and i32 elsewhere.
         #[allow(clippy::useless_conversion)]
@@ -52,15 +50,17 @@ impl Backend for PidfdWatcher {
             .unwrap_or(false);
         Ok(PidfdWatcher { pidfs })
     }
+}
+
+impl Backend for PidfdWatcher {
+    type Handle = PidfdHandle;
 
     fn name(&self) -> &'static str {
         "pidfd"
     }
 
     fn boot_id(&self) -> io::Result<String> {
-        Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
-            .trim()
-            .to_owned())
+        procfs::boot_id()
     }
 
     fn has_inodes(&self) -> bool {
@@ -81,110 +81,41 @@ impl Backend for PidfdWatcher {
     }
 
     fn adopt(&mut self, fd: OwnedFd, pid: Pid) -> Result<(PidfdHandle, Identity), OpenError> {
-        // fdinfo of a pidfd names its process: "Pid:\t<pid>", or -1 once
-        // it has been reaped. Anything without that line is not a pidfd.
-        let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
-            .map_err(OpenError::Failed)?;
-        let named = fdinfo
-            .lines()
-            .find_map(|line| line.strip_prefix("Pid:"))
-            .and_then(|v| v.trim().parse::<i32>().ok())
-            .ok_or_else(|| {
-                OpenError::Failed(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the descriptor passed is not a pidfd",
-                ))
-            })?;
-        if named == -1 || named == 0 {
-            return Err(OpenError::Gone);
-        }
-        if named != pid.get() {
-            return Err(OpenError::Failed(io::Error::new(
+        match procfs::pidfd_pid(&fd).map_err(OpenError::Failed)? {
+            None => Err(OpenError::Gone),
+            Some(named) if named != pid.get() => Err(OpenError::Failed(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("the pidfd passed refers to pid {named}, not {pid}"),
-            )));
+            ))),
+            Some(_) => self.identify(pid, PidfdHandle { fd }),
         }
-        let handle = PidfdHandle { fd };
-        self.identify(pid, handle)
     }
 
     fn owner(&self, pid: Pid, handle: &PidfdHandle) -> io::Result<Option<Owner>> {
-        let status = match fs::read_to_string(format!("/proc/{pid}/status")) {
-            Ok(status) => status,
-            Err(_) if self.has_exited(handle) => return Ok(None),
-            Err(err) => return Err(err),
-        };
-        // As for the start time: still alive after the read means the
-        // /proc entry read was this process's own.
+        let owner = procfs::owner(pid.get());
+        // Still alive after the read: the /proc entry read was this
+        // process's own, not a successor's.
         if self.has_exited(handle) {
             return Ok(None);
         }
-        let uids: Vec<u32> = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .map(|v| {
-                v.split_ascii_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        match uids.as_slice() {
-            [real, _effective, saved, ..] => Ok(Some(Owner {
-                real: *real,
-                saved: *saved,
-            })),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("/proc/{pid}/status: cannot parse the Uid line"),
-            )),
-        }
+        owner
     }
 
     fn process_table(&self) -> io::Result<Vec<ProcEntry>> {
-        let mut table = Vec::new();
-        for dirent in fs::read_dir("/proc")? {
-            let Ok(dirent) = dirent else {
-                continue;
-            };
-            let Some(pid) = dirent
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            // A process may exit between readdir and the read: skip it.
-            if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
-                if let Some(entry) = parse_entry(pid, &stat) {
-                    table.push(entry);
-                }
-            }
-        }
-        Ok(table)
+        procfs::process_table()
     }
 
     fn init_group(&self) -> Option<i32> {
-        // Pid 1 never exits, so its /proc entry cannot change owner.
-        let stat = fs::read_to_string("/proc/1/stat").ok()?;
-        parse_entry(1, &stat).map(|e| e.pgid)
+        procfs::init_group()
     }
 
     fn entry(&self, pid: Pid, handle: &PidfdHandle) -> io::Result<Option<ProcEntry>> {
-        let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => stat,
-            Err(_) if self.has_exited(handle) => return Ok(None),
-            Err(err) => return Err(err),
-        };
+        let stat = procfs::stat(pid.get());
         // Alive after the read: the /proc entry read was this process's.
         if self.has_exited(handle) {
             return Ok(None);
         }
-        parse_entry(pid.get(), &stat).map(Some).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("/proc/{pid}/stat: cannot parse it"),
-            )
-        })
+        Ok(stat?.map(|s| s.entry(pid.get())))
     }
 
     fn register(
@@ -203,13 +134,7 @@ impl Backend for PidfdWatcher {
     }
 
     fn has_exited(&self, handle: &PidfdHandle) -> bool {
-        let mut fds = [PollFd::new(handle.fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(n) => n > 0,
-            // poll on one valid descriptor with a zero timeout cannot block;
-            // an error here (EINTR, ENOMEM) says nothing about the process.
-            Err(_) => false,
-        }
+        procfs::pidfd_exited(&handle.fd)
     }
 
     fn signal(&self, handle: &PidfdHandle, sig: Signal) -> io::Result<Delivery> {
@@ -228,18 +153,18 @@ impl PidfdWatcher {
         pid: Pid,
         handle: PidfdHandle,
     ) -> Result<(PidfdHandle, Identity), OpenError> {
-        let start = match read_start_time(pid) {
-            Ok(start) => start,
-            // The /proc entry vanished: the process was reaped.
-            Err(_) if self.has_exited(&handle) => return Err(OpenError::Gone),
-            Err(err) => return Err(OpenError::Failed(err)),
-        };
+        let stat = procfs::stat(pid.get());
         // Race window: the process might have died and its pid been reused
         // between pidfd_open and the read above. If it is still alive now,
         // it was alive throughout, so the start time is its own.
         if self.has_exited(&handle) {
             return Err(OpenError::Gone);
         }
+        let start = match stat {
+            Ok(Some(stat)) => stat.start,
+            Ok(None) => return Err(OpenError::Gone),
+            Err(err) => return Err(OpenError::Failed(err)),
+        };
         let inode = if self.pidfs {
             nix::sys::stat::fstat(handle.fd.as_fd())
                 .ok()
@@ -251,61 +176,9 @@ impl PidfdWatcher {
     }
 }
 
-/// Reads field 22 (starttime) of `/proc/PID/stat`.
-fn read_start_time(pid: Pid) -> io::Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_start_time(&stat).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("/proc/{pid}/stat: cannot parse the start time"),
-        )
-    })
-}
-
-/// Fields 4 (ppid), 5 (pgrp) and 22 (starttime) of a `/proc/PID/stat`
-/// line, counted from the last `)` as for [`parse_start_time`].
-fn parse_entry(pid: i32, stat: &str) -> Option<ProcEntry> {
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();
-    Some(ProcEntry {
-        pid,
-        ppid: fields.get(1)?.parse().ok()?,
-        pgid: fields.get(2)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// Field 22 of a `/proc/PID/stat` line. The command name (field 2) is in
-/// parentheses and may itself contain spaces and parentheses, so fields are
-/// counted from the last `)`.
-fn parse_start_time(stat: &str) -> Option<u64> {
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    // After the `)`, the first field is field 3 (state); field 22 is the
-    // 20th of them.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_start_time_after_odd_comm() {
-        let line =
-            "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
-        assert_eq!(parse_start_time(line), Some(987654));
-        assert_eq!(
-            parse_entry(1234, line),
-            Some(ProcEntry {
-                pid: 1234,
-                ppid: 1,
-                pgid: 1234,
-                start: 987654
-            })
-        );
-        assert_eq!(parse_start_time("1 (init) S 0"), None);
-        assert_eq!(parse_start_time("garbage"), None);
-    }
 
     #[test]
     fn own_identity_is_stable_and_signal_zero_works() {

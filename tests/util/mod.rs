@@ -18,6 +18,35 @@ pub const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
 /// The tetherctl binary under test.
 pub const TETHERCTL: &str = env!("CARGO_BIN_EXE_tetherctl");
 
+/// The watch backend the suite runs against: `TETHER_TEST_BACKEND`
+/// (pidfd, netlink, poll), or `None` for the daemon's own choice. The
+/// README's test command runs the whole suite once per backend.
+pub fn backend() -> Option<String> {
+    std::env::var("TETHER_TEST_BACKEND")
+        .ok()
+        .filter(|b| !b.is_empty())
+}
+
+/// The backend the daemon under test will report: the chosen one, or
+/// pidfd (what `auto` picks on any kernel these tests run on).
+pub fn backend_name() -> String {
+    backend().unwrap_or_else(|| "pidfd".into())
+}
+
+/// tetherd arguments selecting [`backend`]. The poll backend checks every
+/// 100 ms here: the default 1 s is right for hosts, slow for a test suite.
+pub fn backend_args() -> Vec<String> {
+    match backend() {
+        Some(b) => vec![
+            "--backend".into(),
+            b,
+            "--poll-interval".into(),
+            "100ms".into(),
+        ],
+        None => Vec::new(),
+    }
+}
+
 /// Makes the test process a child subreaper, so orphaned test processes
 /// (a tethered command whose launcher was killed) are re-parented to it
 /// and [`reap`] can tell how they ended.
@@ -267,6 +296,7 @@ impl TestDaemon {
             .arg(&self.state)
             .arg("--socket")
             .arg(&self.socket)
+            .args(backend_args())
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())

@@ -1,0 +1,171 @@
+//! Bookkeeping for backends whose handles are not kernel objects (netlink,
+//! poll, kqueue): which tokens wait on which pid, and with which start
+//! time, so that one exit event for a pid reaches every binding that
+//! watches that process, and none that watches a later one with the same
+//! pid.
+
+use std::collections::HashMap;
+
+use mio::Token;
+
+/// A process known by pid and start time: the handle of the backends
+/// without process descriptors. It does not hold the process; every use
+/// checks the start time again first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidHandle {
+    /// The pid.
+    pub pid: i32,
+    /// Its start time when it was opened.
+    pub start: u64,
+    /// Tells apart two handles on the same process (so that deregistering
+    /// one leaves the other's watch in place).
+    pub serial: u64,
+}
+
+/// One token waiting for one process.
+#[derive(Debug, Clone, Copy)]
+pub struct Waiter {
+    /// The handle's serial.
+    pub serial: u64,
+    /// Its start time.
+    pub start: u64,
+    /// The token to report.
+    pub token: Token,
+}
+
+/// Tokens waiting on pids.
+#[derive(Debug, Default)]
+pub struct Watched {
+    by_pid: HashMap<i32, Vec<Waiter>>,
+    next_serial: u64,
+    /// Tokens of processes found exited outside an event (at registration),
+    /// for the next `collect`.
+    pending: Vec<Token>,
+}
+
+impl Watched {
+    /// A serial for a new handle.
+    pub fn serial(&mut self) -> u64 {
+        self.next_serial += 1;
+        self.next_serial
+    }
+
+    /// Adds a waiter; returns whether it is the first for `pid`.
+    pub fn add(&mut self, handle: &PidHandle, token: Token) -> bool {
+        let waiters = self.by_pid.entry(handle.pid).or_default();
+        waiters.push(Waiter {
+            serial: handle.serial,
+            start: handle.start,
+            token,
+        });
+        waiters.len() == 1
+    }
+
+    /// Removes the waiter of `handle`; returns whether `pid` has none left
+    /// (false also when it was not watched at all).
+    pub fn remove(&mut self, handle: &PidHandle) -> bool {
+        let Some(waiters) = self.by_pid.get_mut(&handle.pid) else {
+            return false;
+        };
+        waiters.retain(|w| w.serial != handle.serial);
+        if waiters.is_empty() {
+            self.by_pid.remove(&handle.pid);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reports the waiters on `pid` for which `exited(start)` holds: their
+    /// tokens go to `out` and they are removed. Returns whether waiters
+    /// remain for `pid`.
+    pub fn settle(
+        &mut self,
+        pid: i32,
+        mut exited: impl FnMut(u64) -> bool,
+        out: &mut Vec<Token>,
+    ) -> bool {
+        let Some(waiters) = self.by_pid.get_mut(&pid) else {
+            return false;
+        };
+        waiters.retain(|w| {
+            if exited(w.start) {
+                out.push(w.token);
+                false
+            } else {
+                true
+            }
+        });
+        if waiters.is_empty() {
+            self.by_pid.remove(&pid);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Queues `token` for the next collect.
+    pub fn push_pending(&mut self, token: Token) {
+        self.pending.push(token);
+    }
+
+    /// Moves the queued tokens to `out`.
+    pub fn drain_pending(&mut self, out: &mut Vec<Token>) {
+        out.append(&mut self.pending);
+    }
+
+    /// Whether tokens are queued.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The watched pids.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    pub fn pids(&self) -> Vec<i32> {
+        self.by_pid.keys().copied().collect()
+    }
+
+    /// Whether nothing is watched.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_exit_reaches_every_waiter_of_that_process_only() {
+        let mut w = Watched::default();
+        let old = PidHandle {
+            pid: 100,
+            start: 5,
+            serial: w.serial(),
+        };
+        let twin = PidHandle {
+            serial: w.serial(),
+            ..old
+        };
+        let successor = PidHandle {
+            pid: 100,
+            start: 9,
+            serial: w.serial(),
+        };
+        assert!(w.add(&old, Token(1)));
+        assert!(!w.add(&twin, Token(2)));
+        assert!(!w.add(&successor, Token(3)));
+        let mut out = Vec::new();
+        // The process that started at 5 is gone; the one at 9 lives.
+        assert!(w.settle(100, |start| start == 5, &mut out));
+        assert_eq!(out, vec![Token(1), Token(2)]);
+        // Deregistering an already reported handle changes nothing.
+        assert!(!w.remove(&old));
+        assert!(w.remove(&successor));
+        assert!(w.is_empty());
+        out.clear();
+        assert!(!w.settle(100, |_| true, &mut out));
+        assert!(out.is_empty());
+    }
+}

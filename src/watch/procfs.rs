@@ -1,0 +1,215 @@
+//! What every Linux backend reads from `/proc`: start times, parents,
+//! groups, owners, the process table and the boot id.
+//!
+//! Nothing here is race-free on its own: a pid read from `/proc` may be
+//! reused the moment after. Each backend makes the reads trustworthy its
+//! own way (a pidfd still unreadable after the read, or the start time
+//! read again and compared).
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::{Owner, ProcEntry};
+
+/// The parts of `/proc/PID/stat` tether uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 3: `R`, `S`, `Z` (zombie), `X` (dead), ...
+    pub state: u8,
+    /// Field 4.
+    pub ppid: i32,
+    /// Field 5.
+    pub pgid: i32,
+    /// Field 22: start time in clock ticks since boot.
+    pub start: u64,
+}
+
+impl Stat {
+    /// Whether the process has exited (a zombie waiting to be reaped, or
+    /// on its way out).
+    pub fn exited(&self) -> bool {
+        matches!(self.state, b'Z' | b'X' | b'x')
+    }
+
+    /// As a process-table entry.
+    pub fn entry(&self, pid: i32) -> ProcEntry {
+        ProcEntry {
+            pid,
+            ppid: self.ppid,
+            pgid: self.pgid,
+            start: self.start,
+        }
+    }
+}
+
+/// Reads `/proc/PID/stat`. `Ok(None)`: there is no such process.
+pub fn stat(pid: i32) -> io::Result<Option<Stat>> {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => parse_stat(&text).map(Some).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/stat: cannot parse it"),
+            )
+        }),
+        // ESRCH: the process was reaped while the file was being read.
+        Err(err)
+            if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Parses a `/proc/PID/stat` line. The command name (field 2) is in
+/// parentheses and may itself hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    // After the `)`, the first field is field 3 (state); field 22 is the
+    // 20th of them.
+    let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();
+    Some(Stat {
+        state: *fields.first()?.as_bytes().first()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The real and saved uids from `/proc/PID/status`. `Ok(None)`: there is
+/// no such process.
+pub fn owner(pid: i32) -> io::Result<Option<Owner>> {
+    let status = match fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status,
+        Err(err)
+            if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            return Ok(None)
+        }
+        Err(err) => return Err(err),
+    };
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .map(|v| {
+            v.split_ascii_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    match uids.as_slice() {
+        [real, _effective, saved, ..] => Ok(Some(Owner {
+            real: *real,
+            saved: *saved,
+        })),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/status: cannot parse the Uid line"),
+        )),
+    }
+}
+
+/// Every process in `/proc`, skipping those that exit during the walk.
+pub fn process_table() -> io::Result<Vec<ProcEntry>> {
+    let mut table = Vec::new();
+    for dirent in fs::read_dir("/proc")? {
+        let Ok(dirent) = dirent else {
+            continue;
+        };
+        let Some(pid) = dirent
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(Some(stat)) = stat(pid) {
+            table.push(stat.entry(pid));
+        }
+    }
+    Ok(table)
+}
+
+/// The process group of pid 1. Pid 1 never exits, so its entry cannot
+/// change owner.
+pub fn init_group() -> Option<i32> {
+    stat(1).ok().flatten().map(|s| s.pgid)
+}
+
+/// The kernel's id of this boot.
+pub fn boot_id() -> io::Result<String> {
+    Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_owned())
+}
+
+/// The pid a pidfd refers to, from its fdinfo (`Pid:` line): `Ok(None)`
+/// once the process has been reaped. An error if `fd` is not a pidfd.
+pub fn pidfd_pid(fd: &OwnedFd) -> io::Result<Option<i32>> {
+    let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    let named = fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the descriptor passed is not a pidfd",
+            )
+        })?;
+    Ok((named > 0).then_some(named))
+}
+
+/// Whether the process a pidfd refers to has exited (the pidfd is
+/// readable then, zombie or not). Never blocks.
+pub fn pidfd_exited(fd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) => n > 0,
+        // poll on one valid descriptor with a zero timeout cannot block;
+        // an error here (EINTR, ENOMEM) says nothing about the process.
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_after_odd_comm() {
+        let line =
+            "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        let stat = parse_stat(line).expect("parses");
+        assert_eq!(stat.start, 987654);
+        assert_eq!(stat.state, b'S');
+        assert!(!stat.exited());
+        assert_eq!(
+            stat.entry(1234),
+            ProcEntry {
+                pid: 1234,
+                ppid: 1,
+                pgid: 1234,
+                start: 987654
+            }
+        );
+        let zombie = line.replace(" S 1 ", " Z 1 ");
+        assert!(parse_stat(&zombie).expect("parses").exited());
+        assert_eq!(parse_stat("1 (init) S 0"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_in_the_table_and_has_an_owner() {
+        let me = i32::try_from(std::process::id()).expect("pid fits");
+        let table = process_table().expect("/proc");
+        assert!(table.iter().any(|e| e.pid == me));
+        let owner = owner(me).expect("status").expect("alive");
+        assert_eq!(owner.real, nix::unistd::getuid().as_raw());
+        assert_eq!(stat(i32::MAX).expect("no error"), None);
+    }
+}
