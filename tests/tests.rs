@@ -21,13 +21,27 @@
 
 mod util;
 
-mod backends;
+// Everywhere: configuration checks and the core behaviours, with only
+// std, nix and ps (these are what the macOS and FreeBSD CI jobs run).
 mod check;
+mod portable;
+
+// Linux only: they read /proc, use pid namespaces, seccomp, setpriv.
+#[cfg(target_os = "linux")]
+mod backends;
+#[cfg(target_os = "linux")]
 mod control;
+#[cfg(target_os = "linux")]
 mod kill_modes;
+#[cfg(target_os = "linux")]
 mod lifecycle;
+#[cfg(target_os = "linux")]
 mod orphan;
+#[cfg(target_os = "linux")]
 mod pidfile;
+#[cfg(target_os = "linux")]
 mod reload;
+#[cfg(target_os = "linux")]
 mod reuse;
+#[cfg(target_os = "linux")]
 mod scale;

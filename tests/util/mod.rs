@@ -50,6 +50,7 @@ pub fn backend_args() -> Vec<String> {
 /// Makes the test process a child subreaper, so orphaned test processes
 /// (a tethered command whose launcher was killed) are re-parented to it
 /// and [`reap`] can tell how they ended.
+#[cfg(target_os = "linux")]
 pub fn become_subreaper() {
     nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
 }
@@ -166,9 +167,7 @@ impl Proc {
         // Wait for the exec, so the trap is in place before anyone signals.
         let pid = p.pid();
         assert!(
-            wait_until(TIMEOUT, || fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim() == "sleep")
-                .unwrap_or(false)),
+            wait_until(TIMEOUT, || comm(pid) == "sleep"),
             "term ignorer did not exec"
         );
         p
@@ -211,6 +210,7 @@ impl Proc {
     }
 
     /// The start time (field 22 of /proc/PID/stat).
+    #[cfg(target_os = "linux")]
     pub fn start_time(&self) -> u64 {
         start_time(self.pid())
     }
@@ -225,7 +225,31 @@ impl Drop for Proc {
     }
 }
 
+/// The command name of `pid` ("" once it is gone).
+pub fn comm(pid: i32) -> String {
+    if cfg!(target_os = "linux") {
+        fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default()
+    } else {
+        Command::new("ps")
+            .args(["-o", "comm=", "-p", &pid.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+    .trim()
+    .rsplit('/')
+    .next()
+    .unwrap_or_default()
+    .to_string()
+}
+
+/// Whether a process with this pid exists (zombies included).
+pub fn exists(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
 /// Field 22 of /proc/PID/stat.
+#[cfg(target_os = "linux")]
 pub fn start_time(pid: i32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
     let rest = &stat[stat.rfind(')').expect("comm") + 1..];
@@ -309,8 +333,8 @@ impl TestDaemon {
                 cmd.pre_exec(move || {
                     nix::sys::resource::setrlimit(
                         nix::sys::resource::Resource::RLIMIT_NOFILE,
-                        limit,
-                        limit,
+                        limit as nix::libc::rlim_t,
+                        limit as nix::libc::rlim_t,
                     )
                     .map_err(std::io::Error::from)
                 });
