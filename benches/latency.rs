@@ -2,8 +2,11 @@
 //! tetherd, side by side with the kernel's own PR_SET_PDEATHSIG and with a
 //! dedicated pidfd watcher process per binding, in one run.
 //!
+//! Each tetherd figure is taken once per watch backend this host can run
+//! (pidfd, netlink, poll; `--backends pidfd,poll` to choose).
+//!
 //! Run as root with `cargo bench --bench latency [-- --rounds N --pairs N
-//! --idle-secs N]`. Root is needed to raise RLIMIT_NOFILE and pid_max for
+//! --idle-secs N --poll-rounds N --backends LIST]`. Root is needed to raise RLIMIT_NOFILE and pid_max for
 //! 10,000 bindings (both are restored or confined to this run).
 //!
 //! Every measured child is a probe forked from this process: it blocks
@@ -413,50 +416,78 @@ fn main() {
     println!("PR_SET_PDEATHSIG is armed with prctl in the probe, as `setpriv --pdeathsig TERM` does before exec.");
     println!();
 
-    // Phase 1: one binding loaded.
-    let small = Tetherd::start("");
-    let mut small_stream = UnixStream::connect(&small.socket).unwrap();
-    let rss_1 = small.usage().0;
-    let (mut k1, mut w1, mut t1) = (Stats::default(), Stats::default(), Stats::default());
-    for _ in 0..rounds {
-        k1.add(round(Method::Pdeathsig, (res_r, res_w), None));
-        w1.add(round(Method::Watcher, (res_r, res_w), None));
-        t1.add(round(
-            Method::Tetherd,
-            (res_r, res_w),
-            Some((&small, &mut small_stream)),
-        ));
-    }
-    drop(small_stream);
-    drop(small);
+    let backends = support::usable_backends();
+    let poll_rounds = arg("--poll-rounds", 20).min(rounds);
+    println!(
+        "Backends measured: {}. The poll backend runs at its default 1 s interval, so its rounds are fewer ({poll_rounds}; `--poll-rounds N`).",
+        backends.join(", ")
+    );
+    println!();
+    let rounds_of = |b: &str| if b == "poll" { poll_rounds } else { rounds };
 
-    // Phase 2: n_pairs bindings loaded from the config file.
-    let filler: Vec<(i32, i32)> = (0..n_pairs)
-        .map(|_| spawn_pair(Method::Tetherd, res_w))
-        .collect();
-    let load_start = Instant::now();
-    let big = Tetherd::start(&filler_config(&filler));
-    let load_time = load_start.elapsed();
-    let mut big_stream = UnixStream::connect(&big.socket).unwrap();
-    // Let the daemon see the start-up status connection close and accept
-    // this one before the idle window opens.
-    std::thread::sleep(Duration::from_secs(1));
-    let (rss_big, cpu0, vol0, invol0) = big.usage();
-    std::thread::sleep(Duration::from_secs(idle_secs));
-    let (_, cpu1, vol1, invol1) = big.usage();
-    let (mut k2, mut t2) = (Stats::default(), Stats::default());
-    for _ in 0..rounds {
-        k2.add(round(Method::Pdeathsig, (res_r, res_w), None));
-        t2.add(round(
-            Method::Tetherd,
-            (res_r, res_w),
-            Some((&big, &mut big_stream)),
-        ));
+    // Phase 1: one binding at a time, the kernel and a watcher process
+    // interleaved with every backend's rounds.
+    let (mut k1, mut w1) = (Stats::default(), Stats::default());
+    let mut t1: Vec<Stats> = Vec::new();
+    let mut rss_1: Vec<u64> = Vec::new();
+    for backend in &backends {
+        let small = Tetherd::start_on(Some(backend), "");
+        let mut stream = UnixStream::connect(&small.socket).unwrap();
+        rss_1.push(small.usage().0);
+        let mut t = Stats::default();
+        for _ in 0..rounds_of(backend) {
+            k1.add(round(Method::Pdeathsig, (res_r, res_w), None));
+            w1.add(round(Method::Watcher, (res_r, res_w), None));
+            t.add(round(
+                Method::Tetherd,
+                (res_r, res_w),
+                Some((&small, &mut stream)),
+            ));
+        }
+        t1.push(t);
     }
-    // Phase 3: every parent at once.
-    let (tetherd_mass, tetherd_seen) = mass_exit(&filler, res_r);
-    drop(big_stream);
-    drop(big);
+
+    // Phase 2, per backend: n_pairs bindings loaded from the config file,
+    // then idle, then latency rounds, then every parent killed at once.
+    let mut k2 = Stats::default();
+    let mut big_runs: Vec<BigRun> = Vec::new();
+    for backend in &backends {
+        let filler: Vec<(i32, i32)> = (0..n_pairs)
+            .map(|_| spawn_pair(Method::Tetherd, res_w))
+            .collect();
+        let load_start = Instant::now();
+        let big = Tetherd::start_on(Some(backend), &filler_config(&filler));
+        let load_time = load_start.elapsed();
+        let mut stream = UnixStream::connect(&big.socket).unwrap();
+        // Let the daemon see the start-up status connection close and
+        // accept this one before the idle window opens.
+        std::thread::sleep(Duration::from_secs(1));
+        let (rss, cpu0, vol0, invol0) = big.usage();
+        std::thread::sleep(Duration::from_secs(idle_secs));
+        let (_, cpu1, vol1, invol1) = big.usage();
+        let mut t = Stats::default();
+        for _ in 0..rounds_of(backend) {
+            k2.add(round(Method::Pdeathsig, (res_r, res_w), None));
+            t.add(round(
+                Method::Tetherd,
+                (res_r, res_w),
+                Some((&big, &mut stream)),
+            ));
+        }
+        let (mass, seen) = mass_exit(&filler, res_r);
+        drop(stream);
+        drop(big);
+        big_runs.push(BigRun {
+            latency: t,
+            rss,
+            idle_cpu: cpu1 - cpu0,
+            idle_vol: vol1 - vol0,
+            idle_invol: invol1 - invol0,
+            load_time,
+            mass,
+            seen,
+        });
+    }
     let kernel_pairs: Vec<(i32, i32)> = (0..n_pairs)
         .map(|_| spawn_pair(Method::Pdeathsig, res_w))
         .collect();
@@ -485,7 +516,8 @@ fn main() {
 
     let row = |name: &str, s: &Stats, k: &Stats| {
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            s.samples.len(),
             s.pct(0.0),
             s.pct(0.5),
             s.pct(0.99),
@@ -496,61 +528,109 @@ fn main() {
     };
     println!("## Latency: parent SIGKILLed to child's SIGTERM (µs)");
     println!();
-    println!("| method | min | median | p99 | max | median / kernel | p99 / kernel |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| method | rounds | min | median | p99 | max | median / kernel | p99 / kernel |");
+    println!("|---|---|---|---|---|---|---|---|");
     row("PR_SET_PDEATHSIG (kernel), phase 1", &k1, &k1);
     row("pidfd watcher process per binding", &w1, &k1);
-    row("tetherd, 1 binding loaded", &t1, &k1);
+    for (backend, t) in backends.iter().zip(&t1) {
+        row(&format!("tetherd {backend}, 1 binding loaded"), t, &k1);
+    }
     row("PR_SET_PDEATHSIG (kernel), phase 2", &k2, &k2);
-    row(&format!("tetherd, {n_pairs} bindings loaded"), &t2, &k2);
+    for (backend, run) in backends.iter().zip(&big_runs) {
+        row(
+            &format!("tetherd {backend}, {n_pairs} bindings loaded"),
+            &run.latency,
+            &k2,
+        );
+    }
+    println!();
+    println!("## Cost with {n_pairs} bindings, per backend");
+    println!();
+    println!("| backend | resident memory | per binding | config load | idle {idle_secs} s: CPU ticks | voluntary / involuntary switches | CPU per second per 1,000 bindings | {n_pairs} parents killed at once: last child | / kernel |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for ((backend, run), rss1) in backends.iter().zip(&big_runs).zip(&rss_1) {
+        let per_binding = run.rss.saturating_sub(*rss1) as f64 * 1024.0 / n_pairs as f64;
+        // Ticks are 10 ms (USER_HZ 100).
+        let cpu_ms_per_s_per_k =
+            run.idle_cpu as f64 * 10.0 / idle_secs as f64 / (n_pairs as f64 / 1000.0);
+        println!(
+            "| {backend} | {:.2} MiB | {per_binding:.0} B | {:.0} ms | {} | {} / {} | {cpu_ms_per_s_per_k:.2} ms | {:.1} ms ({} signalled, none twice) | {:.2} × |",
+            run.rss as f64 / 1024.0,
+            run.load_time.as_secs_f64() * 1000.0,
+            run.idle_cpu,
+            run.idle_vol,
+            run.idle_invol,
+            run.mass / 1000.0,
+            run.seen,
+            run.mass / kernel_mass,
+        );
+    }
+    println!();
+    println!(
+        "The kernel's PR_SET_PDEATHSIG, all {n_pairs} parents killed at once: {:.1} ms to the last child ({kernel_seen} signalled).",
+        kernel_mass / 1000.0
+    );
     println!();
     let pass = |ok: bool| if ok { "PASS" } else { "FAIL" };
-    println!("## Targets");
+    println!("## Targets (pidfd, the default backend)");
     println!();
     println!("| target | figure | verdict |");
     println!("|---|---|---|");
-    for (name, s, k) in [
-        ("1 binding", &t1, &k1),
-        (&format!("{n_pairs} bindings") as &str, &t2, &k2),
-    ] {
-        let m = s.pct(0.5) / k.pct(0.5);
-        let p = s.pct(0.99) / k.pct(0.99);
+    if let Some(at) = backends.iter().position(|b| b == "pidfd") {
+        let (t1, run, rss1) = (&t1[at], &big_runs[at], rss_1[at]);
+        for (name, s, k) in [
+            ("1 binding", t1, &k1),
+            (&format!("{n_pairs} bindings") as &str, &run.latency, &k2),
+        ] {
+            let m = s.pct(0.5) / k.pct(0.5);
+            let p = s.pct(0.99) / k.pct(0.99);
+            println!(
+                "| median ≤ 1.5 × kernel, {name} | {m:.2} × | {} |",
+                pass(m <= 1.5)
+            );
+            println!(
+                "| p99 ≤ 2 × kernel, {name} | {p:.2} × | {} |",
+                pass(p <= 2.0)
+            );
+        }
+        let per_binding = (run.rss.saturating_sub(rss1)) as f64 * 1024.0 / n_pairs as f64;
         println!(
-            "| median ≤ 1.5 × kernel, {name} | {m:.2} × | {} |",
-            pass(m <= 1.5)
+            "| resident memory < 8 MiB with {n_pairs} bindings | {:.2} MiB ({:.0} bytes per binding over the empty daemon's {:.2} MiB) | {} |",
+            run.rss as f64 / 1024.0,
+            per_binding,
+            rss1 as f64 / 1024.0,
+            pass(run.rss < 8 * 1024)
         );
         println!(
-            "| p99 ≤ 2 × kernel, {name} | {p:.2} × | {} |",
-            pass(p <= 2.0)
+            "| idle {idle_secs} s: zero CPU, zero voluntary switches | {} ticks, {} voluntary, {} involuntary switches | {} |",
+            run.idle_cpu,
+            run.idle_vol,
+            run.idle_invol,
+            pass(run.idle_cpu == 0 && run.idle_vol == 0)
+        );
+        let ratio = run.mass / kernel_mass;
+        println!(
+            "| {n_pairs} parents killed at once: last child ≤ 1.5 × kernel | {:.1} ms against {:.1} ms: {ratio:.2} × | {} |",
+            run.mass / 1000.0,
+            kernel_mass / 1000.0,
+            pass(ratio <= 1.5 && run.seen == n_pairs)
         );
     }
-    let per_binding = (rss_big.saturating_sub(rss_1)) as f64 * 1024.0 / n_pairs as f64;
-    println!(
-        "| resident memory < 8 MiB with {n_pairs} bindings | {:.2} MiB ({:.0} bytes per binding over the empty daemon's {:.2} MiB) | {} |",
-        rss_big as f64 / 1024.0,
-        per_binding,
-        rss_1 as f64 / 1024.0,
-        pass(rss_big < 8 * 1024)
-    );
-    println!(
-        "| idle {idle_secs} s: zero CPU, zero voluntary switches | {} ticks, {} voluntary, {} involuntary switches | {} |",
-        cpu1 - cpu0,
-        vol1 - vol0,
-        invol1 - invol0,
-        pass(cpu1 == cpu0 && vol1 == vol0)
-    );
-    let ratio = tetherd_mass / kernel_mass;
-    println!(
-        "| {n_pairs} parents killed at once: last child ≤ 1.5 × kernel | tetherd {:.1} ms ({tetherd_seen} signalled, none twice), kernel {:.1} ms ({kernel_seen}): {ratio:.2} × | {} |",
-        tetherd_mass / 1000.0,
-        kernel_mass / 1000.0,
-        pass(ratio <= 1.5 && tetherd_seen == n_pairs)
-    );
     println!();
     println!(
-        "Config of {n_pairs} bindings loaded in {:.0} ms. A pidfd watcher process per binding: {watcher_rss} KiB RSS, {watcher_pss} KiB PSS each (forked from this benchmark, so sharing its pages; an exec'd watcher costs more), i.e. {:.0} MiB of RSS for {n_pairs} bindings against tetherd's {:.2} MiB.",
-        load_time.as_secs_f64() * 1000.0,
+        "A pidfd watcher process per binding: {watcher_rss} KiB RSS, {watcher_pss} KiB PSS each (forked from this benchmark, so sharing its pages; an exec'd watcher costs more), i.e. {:.0} MiB of RSS for {n_pairs} bindings.",
         (watcher_rss * n_pairs as u64) as f64 / 1024.0,
-        rss_big as f64 / 1024.0
     );
+}
+
+/// What phase 2 measured for one backend.
+struct BigRun {
+    latency: Stats,
+    rss: u64,
+    idle_cpu: u64,
+    idle_vol: u64,
+    idle_invol: u64,
+    load_time: Duration,
+    mass: f64,
+    seen: usize,
 }

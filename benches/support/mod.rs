@@ -10,6 +10,28 @@ use std::time::{Duration, Instant};
 /// The tetherd binary being measured.
 pub const TETHERD: &str = env!("CARGO_BIN_EXE_tetherd");
 
+/// The watch backends of this host that `--list-backends` calls usable,
+/// best first, limited to those named in `--backends a,b` if given.
+#[allow(dead_code)] // the latency benchmark's
+pub fn usable_backends() -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let wanted: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--backends")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    let out = Command::new(TETHERD)
+        .arg("--list-backends")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(" usable"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|b| wanted.as_ref().map_or(true, |w| w.contains(b)))
+        .collect()
+}
+
 /// The number after `--name` on the benchmark's command line, or
 /// `default`.
 pub fn arg(name: &str, default: usize) -> usize {
@@ -34,7 +56,13 @@ impl Tetherd {
     /// cap to speak of, and `bindings` (TOML appended as is), and waits
     /// until its loop runs: the socket is bound before the bindings are
     /// loaded, but a `status` is answered only after.
+    #[allow(dead_code)] // the control benchmark's
     pub fn start(bindings: &str) -> Tetherd {
+        Tetherd::start_on(None, bindings)
+    }
+
+    /// Like [`Tetherd::start`], on the watch backend named (`None`: auto).
+    pub fn start_on(backend: Option<&str>, bindings: &str) -> Tetherd {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("tether.toml");
         let text = format!("[daemon]\nlog = \"warn\"\nmax_bindings_per_uid = 1000000\n{bindings}");
@@ -47,6 +75,7 @@ impl Tetherd {
             .arg(dir.path().join("state.json"))
             .arg("--socket")
             .arg(&socket)
+            .args(backend.map(|b| ["--backend", b]).into_iter().flatten())
             .env_remove("RUST_LOG")
             .stderr(Stdio::null())
             .spawn()

@@ -248,6 +248,22 @@ pub fn exists(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 
+/// Whether `pid` has ended: gone, or a zombie. An orphan adopted by this
+/// test process (a subreaper, if another test made it one) is reaped.
+pub fn ended(pid: i32) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+    if !exists(pid) {
+        return true;
+    }
+    let state = Command::new("ps")
+        .args(["-o", "stat=", "-p", &pid.to_string()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    state.is_empty() || state.starts_with('Z')
+}
+
 /// Field 22 of /proc/PID/stat.
 #[cfg(target_os = "linux")]
 pub fn start_time(pid: i32) -> u64 {
