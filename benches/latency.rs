@@ -277,11 +277,14 @@ impl Stats {
     }
 }
 
-/// One latency round for `method`; returns the delay in µs.
+/// One latency round for `method`; returns the delay in µs. `jitter`
+/// is an extra pause before the kill (for the poll backend, whose timer
+/// would otherwise lock to the rounds' own rhythm).
 fn round(
     method: Method,
     (results_r, results_w): (RawFd, RawFd),
     daemon: Option<(&Tetherd, &mut UnixStream)>,
+    jitter: Duration,
 ) -> f64 {
     let (parent, child) = spawn_pair(method, results_w);
     let watcher = match method {
@@ -294,7 +297,7 @@ fn round(
     // Every method gets the same pause between set-up and the kill, so the
     // write-back of a bind's fsync or a fork's page faults are not counted
     // against one method only.
-    std::thread::sleep(Duration::from_millis(3));
+    std::thread::sleep(Duration::from_millis(3) + jitter);
     let t0 = now_ns();
     kill(parent, libc::SIGKILL);
     let (pid, t1) =
@@ -419,11 +422,21 @@ fn main() {
     let backends = support::usable_backends();
     let poll_rounds = arg("--poll-rounds", 20).min(rounds);
     println!(
-        "Backends measured: {}. The poll backend runs at its default 1 s interval, so its rounds are fewer ({poll_rounds}; `--poll-rounds N`).",
+        "Backends measured: {}. The poll backend runs at its default 1 s interval, so its rounds are fewer ({poll_rounds}; `--poll-rounds N`) and each waits a pseudo-random 0 to 1 s before the kill.",
         backends.join(", ")
     );
     println!();
     let rounds_of = |b: &str| if b == "poll" { poll_rounds } else { rounds };
+    // Poll rounds wait a pseudo-random 0 to 1 s before the kill, so an
+    // exit lands anywhere in the timer's interval, as on a real host.
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let jitter_of = |b: &str, seed: &mut u64| {
+        if b != "poll" {
+            return Duration::ZERO;
+        }
+        *seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        Duration::from_millis((*seed >> 33) % 1000)
+    };
 
     // Phase 1: one binding at a time, the kernel and a watcher process
     // interleaved with every backend's rounds.
@@ -436,12 +449,13 @@ fn main() {
         rss_1.push(small.usage().0);
         let mut t = Stats::default();
         for _ in 0..rounds_of(backend) {
-            k1.add(round(Method::Pdeathsig, (res_r, res_w), None));
-            w1.add(round(Method::Watcher, (res_r, res_w), None));
+            k1.add(round(Method::Pdeathsig, (res_r, res_w), None, Duration::ZERO));
+            w1.add(round(Method::Watcher, (res_r, res_w), None, Duration::ZERO));
             t.add(round(
                 Method::Tetherd,
                 (res_r, res_w),
                 Some((&small, &mut stream)),
+                jitter_of(backend, &mut seed),
             ));
         }
         t1.push(t);
@@ -467,11 +481,12 @@ fn main() {
         let (_, cpu1, vol1, invol1) = big.usage();
         let mut t = Stats::default();
         for _ in 0..rounds_of(backend) {
-            k2.add(round(Method::Pdeathsig, (res_r, res_w), None));
+            k2.add(round(Method::Pdeathsig, (res_r, res_w), None, Duration::ZERO));
             t.add(round(
                 Method::Tetherd,
                 (res_r, res_w),
                 Some((&big, &mut stream)),
+                jitter_of(backend, &mut seed),
             ));
         }
         let (mass, seen) = mass_exit(&filler, res_r);

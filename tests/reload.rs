@@ -93,3 +93,31 @@ fn reload_of_a_done_binding_does_not_act_again() {
     daemon.wait_log("0 added, 0 removed, 1 unchanged");
     assert_eq!(daemon.count("sent SIGTERM"), 1);
 }
+
+#[test]
+fn a_reload_that_changes_the_backend_says_it_needs_a_restart() {
+    let daemon = TestDaemon::start("[daemon]\npoll_interval = \"1s\"\n");
+    let backend = crate::util::backend_name();
+    // Another backend than the running one (auto picks pidfd here).
+    let other = if backend == "poll" { "netlink" } else { "poll" };
+    daemon.reload(&format!(
+        "[daemon]\nbackend = \"{other}\"\npoll_interval = \"2s\"\n"
+    ));
+    if crate::util::backend().as_deref() != Some("poll") {
+        // (The suite's poll run sets --poll-interval, which wins.)
+        daemon.wait_log(
+            "[daemon] poll_interval changed from 1s to 2s; it takes effect at the next start",
+        );
+    }
+    if crate::util::backend().is_none() {
+        daemon.wait_log(&format!(
+            "[daemon] backend changed from auto to {other}; it takes effect at the next start (running: {backend})"
+        ));
+    } else {
+        // --backend on the command line wins over the file: no warning.
+        assert_eq!(daemon.count("[daemon] backend changed"), 0);
+    }
+    let (code, out, _) = daemon.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("backend:      {backend}\n")), "{out}");
+}

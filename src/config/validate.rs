@@ -468,9 +468,7 @@ fn daemon_settings(table: &Table<'_>, problems: &mut Vec<Problem>) -> DaemonSett
     if let Some((max, _)) = cx.field(table, "max_bindings_per_uid", max_per_uid) {
         settings.max_bindings_per_uid = max;
     }
-    if let Some((backend, _)) = cx.field(table, "backend", |value| {
-        string(value)?.parse::<BackendKind>()
-    }) {
+    if let Some((backend, _)) = cx.field(table, "backend", backend_kind) {
         settings.backend = backend;
     }
     if let Some((interval, _)) = cx.field(table, "poll_interval", |value| {
@@ -479,6 +477,20 @@ fn daemon_settings(table: &Table<'_>, problems: &mut Vec<Problem>) -> DaemonSett
         settings.poll_interval = interval;
     }
     settings
+}
+
+/// Checks `[daemon] backend`: a name, and one this build can run.
+fn backend_kind(value: &Value<'_>) -> Result<BackendKind, String> {
+    let kind: BackendKind = string(value)?.parse()?;
+    let available = crate::watch::available();
+    if kind != BackendKind::Auto && !available.contains(&kind) {
+        let names: Vec<String> = available.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "{kind} is not a backend of this OS (this build has: auto, {})",
+            names.join(", ")
+        ));
+    }
+    Ok(kind)
 }
 
 /// Checks `[daemon] poll_interval` (and `tetherd --poll-interval`): a
@@ -1565,6 +1577,13 @@ state = "state.json"
             &[
                 r#"t.toml:2:11: [daemon]: backend: unknown backend "epoll" (expected one of: auto, pidfd, netlink, poll, kqueue)"#,
                 r#"t.toml:3:17: [daemon]: poll_interval: "1ms" is out of range (expected a duration from 10ms to 1h)"#,
+            ],
+        );
+        #[cfg(target_os = "linux")]
+        check(
+            "[daemon]\nbackend = \"kqueue\"\n",
+            &[
+                r#"t.toml:2:11: [daemon]: backend: kqueue is not a backend of this OS (this build has: auto, pidfd, netlink, poll)"#,
             ],
         );
         check(

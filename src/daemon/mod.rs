@@ -188,6 +188,9 @@ pub struct Daemon<B: Backend> {
     last_refusal: Option<String>,
     started: Instant,
     fd_limit: u64,
+    /// `[daemon] backend` and `poll_interval` as last loaded, to warn
+    /// when a reload changes what only a restart applies.
+    watch_settings: (config::BackendKind, Duration),
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -256,6 +259,7 @@ impl<B: Backend> Daemon<B> {
             last_refusal: None,
             started: Instant::now(),
             fd_limit,
+            watch_settings: (config.daemon.backend, config.daemon.poll_interval),
         };
         daemon.restore(loaded.bindings);
         daemon.apply(config);
@@ -392,7 +396,10 @@ impl<B: Backend> Daemon<B> {
     pub fn reload(&mut self) -> Result<ReloadInfo, ConfigErrors> {
         info!("reloading {}", self.options.config.path.display());
         match self.options.config.load() {
-            Ok(config) => Ok(self.apply(config)),
+            Ok(config) => {
+                self.warn_if_restart_needed(&config);
+                Ok(self.apply(config))
+            }
             Err(errors) => {
                 error!(
                     "reload refused: {} error(s) in {}; the running configuration stays in force",
@@ -405,6 +412,26 @@ impl<B: Backend> Daemon<B> {
                 Err(errors)
             }
         }
+    }
+
+    /// `backend` and `poll_interval` are read at start only: say so when a
+    /// reload changes them (unless the command line set them).
+    fn warn_if_restart_needed(&mut self, config: &Config) {
+        let (backend, interval) = self.watch_settings;
+        if self.options.backend.is_none() && config.daemon.backend != backend {
+            warn!(
+                "[daemon] backend changed from {backend} to {}; it takes effect at the next start (running: {})",
+                config.daemon.backend,
+                self.watcher.name()
+            );
+        }
+        if self.options.poll_interval.is_none() && config.daemon.poll_interval != interval {
+            warn!(
+                "[daemon] poll_interval changed from {interval:?} to {:?}; it takes effect at the next start",
+                config.daemon.poll_interval
+            );
+        }
+        self.watch_settings = (config.daemon.backend, config.daemon.poll_interval);
     }
 
     /// Makes the configured bindings those of `config`: adds new ones,

@@ -508,10 +508,11 @@ impl Backend for ProcWatcher {
                 }
             }
             Source::Poll { timer, .. } => {
-                // Clears the readiness; EAGAIN when the wakeup was for
-                // pending exits only.
-                let _ = timer.wait();
-                self.sweep(out);
+                // Reading clears the timer's readiness; EAGAIN means this
+                // call came for pending exits only, and no sweep is due.
+                if timer.wait().is_ok() {
+                    self.sweep(out);
+                }
             }
         }
         self.update_source();

@@ -37,12 +37,13 @@ pub fn backend_name() -> String {
 /// 100 ms here: the default 1 s is right for hosts, slow for a test suite.
 pub fn backend_args() -> Vec<String> {
     match backend() {
-        Some(b) => vec![
+        Some(b) if b == "poll" => vec![
             "--backend".into(),
             b,
             "--poll-interval".into(),
             "100ms".into(),
         ],
+        Some(b) => vec!["--backend".into(), b],
         None => Vec::new(),
     }
 }
