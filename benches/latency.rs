@@ -449,7 +449,12 @@ fn main() {
         rss_1.push(small.usage().0);
         let mut t = Stats::default();
         for _ in 0..rounds_of(backend) {
-            k1.add(round(Method::Pdeathsig, (res_r, res_w), None, Duration::ZERO));
+            k1.add(round(
+                Method::Pdeathsig,
+                (res_r, res_w),
+                None,
+                Duration::ZERO,
+            ));
             w1.add(round(Method::Watcher, (res_r, res_w), None, Duration::ZERO));
             t.add(round(
                 Method::Tetherd,
@@ -481,7 +486,12 @@ fn main() {
         let (_, cpu1, vol1, invol1) = big.usage();
         let mut t = Stats::default();
         for _ in 0..rounds_of(backend) {
-            k2.add(round(Method::Pdeathsig, (res_r, res_w), None, Duration::ZERO));
+            k2.add(round(
+                Method::Pdeathsig,
+                (res_r, res_w),
+                None,
+                Duration::ZERO,
+            ));
             t.add(round(
                 Method::Tetherd,
                 (res_r, res_w),

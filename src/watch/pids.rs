@@ -33,10 +33,48 @@ pub struct Waiter {
     pub token: Token,
 }
 
+/// The waiters of one pid: nearly always one, kept inline (no allocation
+/// of its own, which halves what a binding costs these backends).
+#[derive(Debug)]
+enum Waiters {
+    One(Waiter),
+    Many(Vec<Waiter>),
+}
+
+impl Waiters {
+    fn push(&mut self, waiter: Waiter) -> usize {
+        match self {
+            Waiters::One(first) => {
+                *self = Waiters::Many(vec![*first, waiter]);
+                2
+            }
+            Waiters::Many(all) => {
+                all.push(waiter);
+                all.len()
+            }
+        }
+    }
+
+    /// Keeps the waiters for which `keep` holds; returns whether any are
+    /// left.
+    fn retain(&mut self, mut keep: impl FnMut(&Waiter) -> bool) -> bool {
+        match self {
+            Waiters::One(one) => keep(one),
+            Waiters::Many(all) => {
+                all.retain(|w| keep(w));
+                if let [only] = all.as_slice() {
+                    *self = Waiters::One(*only);
+                }
+                !matches!(self, Waiters::Many(all) if all.is_empty())
+            }
+        }
+    }
+}
+
 /// Tokens waiting on pids.
 #[derive(Debug, Default)]
 pub struct Watched {
-    by_pid: HashMap<i32, Vec<Waiter>>,
+    by_pid: HashMap<i32, Waiters>,
     next_serial: u64,
     /// Tokens of processes found exited outside an event (at registration),
     /// for the next `collect`.
@@ -52,13 +90,18 @@ impl Watched {
 
     /// Adds a waiter; returns whether it is the first for `pid`.
     pub fn add(&mut self, handle: &PidHandle, token: Token) -> bool {
-        let waiters = self.by_pid.entry(handle.pid).or_default();
-        waiters.push(Waiter {
+        let waiter = Waiter {
             serial: handle.serial,
             start: handle.start,
             token,
-        });
-        waiters.len() == 1
+        };
+        match self.by_pid.entry(handle.pid) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().push(waiter) == 1,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Waiters::One(waiter));
+                true
+            }
+        }
     }
 
     /// Removes the waiter of `handle`; returns whether `pid` has none left
@@ -67,8 +110,8 @@ impl Watched {
         let Some(waiters) = self.by_pid.get_mut(&handle.pid) else {
             return false;
         };
-        waiters.retain(|w| w.serial != handle.serial);
-        if waiters.is_empty() {
+        let before = matches!(waiters, Waiters::One(w) if w.serial == handle.serial);
+        if before || !waiters.retain(|w| w.serial != handle.serial) {
             self.by_pid.remove(&handle.pid);
             true
         } else {
@@ -88,7 +131,7 @@ impl Watched {
         let Some(waiters) = self.by_pid.get_mut(&pid) else {
             return false;
         };
-        waiters.retain(|w| {
+        let left = waiters.retain(|w| {
             if exited(w.start) {
                 out.push(w.token);
                 false
@@ -96,12 +139,10 @@ impl Watched {
                 true
             }
         });
-        if waiters.is_empty() {
+        if !left {
             self.by_pid.remove(&pid);
-            false
-        } else {
-            true
         }
+        left
     }
 
     /// Queues `token` for the next collect.
