@@ -9,6 +9,7 @@
 //! - [`daemon`]: the mio event loop that owns bindings, timers, signals and
 //!   the control socket.
 //! - [`protocol`]: the JSON-lines control protocol (tetherd and tetherctl).
+//! - [`notify`]: readiness for supervisors (`--ready-fd`, `NOTIFY_SOCKET`).
 //! - [`sys`]: every `unsafe` call, one per block.
 //! - [`paths`]: default file locations.
 
@@ -25,6 +26,7 @@ compile_error!("tether supports Linux, macOS and the BSDs only");
 
 pub mod config;
 pub mod daemon;
+pub mod notify;
 pub mod paths;
 pub mod protocol;
 pub mod sys;

@@ -25,6 +25,7 @@ mod util;
 // std, nix and ps (these are what the macOS and FreeBSD CI jobs run).
 mod check;
 mod portable;
+mod readiness;
 
 // Linux only: they read /proc, use pid namespaces, seccomp, setpriv.
 #[cfg(target_os = "linux")]

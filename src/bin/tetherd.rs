@@ -85,6 +85,11 @@ struct Args {
     #[arg(short = 't', long)]
     check_config: bool,
 
+    /// Write a newline to descriptor N and close it once the daemon is
+    /// ready (s6's notification-fd convention)
+    #[arg(long, value_name = "N")]
+    ready_fd: Option<i32>,
+
     /// Print each backend this build has and whether it can run here
     /// (with the reason if not), best first, and exit (0 if any can, 1
     /// if none)
@@ -134,6 +139,13 @@ fn main() -> ExitCode {
         );
         return Exit::Ok.into();
     }
+    let ready_fd = match args.ready_fd.map(tether::sys::inherited_fd).transpose() {
+        Ok(fd) => fd,
+        Err(err) => {
+            eprintln!("tetherd: --ready-fd: {err}");
+            return Exit::Config.into();
+        }
+    };
     let log_from_env = init_logging(config.daemon.log);
     let options = Options {
         config: source,
@@ -142,6 +154,7 @@ fn main() -> ExitCode {
         log_from_env,
         backend: args.backend,
         poll_interval: args.poll_interval,
+        notifier: tether::notify::Notifier::new(ready_fd),
     };
     let mut daemon = match tether::daemon::start(options, config) {
         Ok(daemon) => daemon,

@@ -83,7 +83,7 @@ impl ConfigSource {
 }
 
 /// What the daemon needs besides its configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
     /// The configuration file, re-read on SIGHUP.
     pub config: ConfigSource,
@@ -101,6 +101,9 @@ pub struct Options {
     /// The poll backend's interval (`--poll-interval`); `None` takes
     /// `[daemon] poll_interval`.
     pub poll_interval: Option<Duration>,
+    /// Who is told that the daemon is ready (`--ready-fd`,
+    /// `NOTIFY_SOCKET`).
+    pub notifier: crate::notify::Notifier,
 }
 
 /// A daemon whose watch backend has been chosen; what `tetherd` runs.
@@ -285,6 +288,8 @@ impl<B: Backend> Daemon<B> {
             self.state.path().display(),
             self.control.path().display(),
         );
+        let status = self.status_line();
+        self.options.notifier.ready(&status);
         let mut tokens: Vec<Token> = Vec::new();
         loop {
             let timeout = self.next_timeout();
@@ -310,6 +315,7 @@ impl<B: Backend> Daemon<B> {
                         if let Err(err) = self.save_state_if(Dirty::Lazy) {
                             error!("{err}");
                         }
+                        self.options.notifier.stopping();
                         info!(
                             "stopping on {}; {} bindings left unwatched, children untouched",
                             signal_name(stop),
@@ -329,6 +335,16 @@ impl<B: Backend> Daemon<B> {
             self.expire_idle_conns();
             self.commit();
         }
+    }
+
+    /// The short status a service manager shows.
+    fn status_line(&self) -> String {
+        format!(
+            "{} bindings ({} watched), backend {}",
+            self.bindings.len(),
+            self.n_armed(),
+            self.watcher.name()
+        )
     }
 
     fn n_armed(&self) -> usize {
@@ -395,6 +411,14 @@ impl<B: Backend> Daemon<B> {
     /// file changes nothing; its errors are logged and returned.
     pub fn reload(&mut self) -> Result<ReloadInfo, ConfigErrors> {
         info!("reloading {}", self.options.config.path.display());
+        self.options.notifier.reloading();
+        let result = self.reload_config();
+        let status = self.status_line();
+        self.options.notifier.ready(&status);
+        result
+    }
+
+    fn reload_config(&mut self) -> Result<ReloadInfo, ConfigErrors> {
         match self.options.config.load() {
             Ok(config) => {
                 self.warn_if_restart_needed(&config);

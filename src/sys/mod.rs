@@ -224,6 +224,33 @@ pub fn process_descriptor(pid: i32) -> io::Result<Option<std::os::fd::OwnedFd>> 
     }
 }
 
+/// Takes over descriptor `fd`, inherited from whoever started us (s6's
+/// notification descriptor): checks that it is open, and marks it
+/// close-on-exec.
+pub fn inherited_fd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    if fd < 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is stdin, stdout or stderr"),
+        ));
+    }
+    // SAFETY: `fd` is only borrowed for the two fcntl calls below, which
+    // fail with EBADF (and nothing else happens) if it is not open.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(borrowed, FcntlArg::F_GETFD).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("descriptor {fd} is not open"),
+        )
+    })?;
+    fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    // SAFETY: the descriptor is open (checked above) and was given to us
+    // to own; nothing else in this process refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// How many descriptors this process has open.
 pub fn count_open_fds() -> io::Result<u64> {
     let dir = if cfg!(any(target_os = "linux", target_os = "android")) {
