@@ -39,6 +39,8 @@ mod lifecycle;
 #[cfg(target_os = "linux")]
 mod orphan;
 #[cfg(target_os = "linux")]
+mod packaging;
+#[cfg(target_os = "linux")]
 mod pidfile;
 #[cfg(target_os = "linux")]
 mod reload;

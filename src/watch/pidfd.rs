@@ -43,13 +43,17 @@ impl PidfdWatcher {
     /// (EPERM, or whatever errno the profile chose).
     pub fn new() -> io::Result<Self> {
         let own = sys::pidfd_open(nix::unistd::getpid().as_raw())?;
-        // `f_type` is i64 on 64-bit glibc and i32 elsewhere.
-        #[allow(clippy::useless_conversion)]
         let pidfs = nix::sys::statfs::fstatfs(own.as_fd())
-            .map(|st| i64::from(st.filesystem_type().0) == PIDFS_MAGIC)
+            .map(|st| is_magic(st.filesystem_type().0, PIDFS_MAGIC))
             .unwrap_or(false);
         Ok(PidfdWatcher { pidfs })
     }
+}
+
+/// Compares a file system type with a magic number: `f_type` is i64 on
+/// 64-bit glibc, u64 on musl and i32 elsewhere.
+fn is_magic<T: TryInto<i64>>(f_type: T, magic: i64) -> bool {
+    f_type.try_into().ok() == Some(magic)
 }
 
 impl Backend for PidfdWatcher {
