@@ -31,3 +31,6 @@ pub mod paths;
 pub mod protocol;
 pub mod sys;
 pub mod watch;
+
+#[cfg(test)]
+mod fuzz;

@@ -49,6 +49,24 @@ impl Request {
                 "unsupported protocol version {v} (this tetherd speaks {VERSION})"
             ));
         }
+        // serde lets unit variants of a tagged enum ignore extra keys; a
+        // request with a key it does not understand is refused instead.
+        let allowed: Option<&[&str]> = match object.get("op").and_then(|op| op.as_str()) {
+            Some("unbind") => Some(&["op", "id"]),
+            Some("list" | "status" | "reload") => Some(&["op"]),
+            _ => None,
+        };
+        if let Some(allowed) = allowed {
+            if let Some(key) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
+                return Err(format!(
+                    "unknown field `{key}` for op `{}`",
+                    object
+                        .get("op")
+                        .and_then(|op| op.as_str())
+                        .unwrap_or_default()
+                ));
+            }
+        }
         let op = serde_json::from_value(value).map_err(|e| e.to_string())?;
         Ok(Request { v, op })
     }
@@ -233,4 +251,32 @@ pub struct ReloadInfo {
     pub unchanged: u64,
     /// Bindings that could not be held.
     pub failed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_for_every_op() {
+        // Found by the corpus: unit ops used to accept any extra key.
+        for line in [
+            r#"{"v":1,"op":"reload","extra":1}"#,
+            r#"{"v":1,"op":"status","verbose":true}"#,
+            r#"{"v":1,"op":"list","uid":0}"#,
+            r#"{"v":1,"op":"unbind","id":1,"force":true}"#,
+            r#"{"v":1,"op":"bind","parent":{"pid":2},"children":[{"pid":3}],"x":1}"#,
+        ] {
+            let err = Request::parse(line.as_bytes()).expect_err(line);
+            assert!(err.contains("unknown field"), "{line}: {err}");
+        }
+        assert_eq!(
+            Request::parse(br#"{"v":1,"op":"unbind","id":7}"#),
+            Ok(Request {
+                v: 1,
+                op: Op::Unbind { id: 7 }
+            })
+        );
+        assert!(Request::parse(br#"{"v":1,"op":"status"}"#).is_ok());
+    }
 }

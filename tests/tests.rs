@@ -24,6 +24,7 @@ mod util;
 // Everywhere: configuration checks and the core behaviours, with only
 // std, nix and ps (these are what the macOS and FreeBSD CI jobs run).
 mod check;
+mod corpus;
 mod portable;
 mod readiness;
 

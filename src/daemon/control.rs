@@ -173,6 +173,9 @@ pub struct Incoming {
     /// Whether the line was longer than [`MAX_LINE`] (then it is cut and
     /// must be refused), or descriptors were lost.
     pub oversized: bool,
+    /// Whether the input ended in the middle of this line (no newline
+    /// before the end of the stream): refused, never guessed at.
+    pub incomplete: bool,
 }
 
 /// One client connection.
@@ -236,6 +239,16 @@ impl Conn {
             match sys::recv_with_fds(&self.stream, &mut buf, MAX_FDS) {
                 Ok((0, _, _)) => {
                     self.read_closed = true;
+                    if !self.rbuf.is_empty() || self.skipping {
+                        self.rbuf.clear();
+                        self.skipping = false;
+                        lines.push(Incoming {
+                            line: Vec::new(),
+                            fds: std::mem::take(&mut self.fds),
+                            oversized: false,
+                            incomplete: true,
+                        });
+                    }
                     return (lines, false);
                 }
                 Ok((n, fds, truncated)) => {
@@ -277,6 +290,7 @@ impl Conn {
                     line: Vec::new(),
                     fds: std::mem::take(&mut self.fds),
                     oversized: true,
+                    incomplete: false,
                 });
                 continue;
             }
@@ -286,6 +300,7 @@ impl Conn {
                     line: Vec::new(),
                     fds: std::mem::take(&mut self.fds),
                     oversized: true,
+                    incomplete: false,
                 });
                 continue;
             }
@@ -295,6 +310,7 @@ impl Conn {
                 line,
                 fds: std::mem::take(&mut self.fds),
                 oversized: std::mem::take(&mut self.fds_lost),
+                incomplete: false,
             });
         }
         if self.skipping {

@@ -156,7 +156,11 @@ impl<B: Backend> Daemon<B> {
             self.backlog.push(idx);
         }
         for incoming in lines {
-            let (response, durable) = if incoming.oversized {
+            let (response, durable) = if incoming.incomplete {
+                let why = "request refused: the input ended before its newline".to_string();
+                self.refuse(&peer, "request", &why);
+                (Response::error(why), Ack::Nothing)
+            } else if incoming.oversized {
                 let why = format!("request refused: longer than {MAX_LINE} bytes, or more descriptors than allowed");
                 self.refuse(&peer, "request", &why);
                 (Response::error(why), Ack::Nothing)

@@ -304,18 +304,24 @@ impl TestDaemon {
         TestDaemon::start_with(config, Some(nofile))
     }
 
-    fn start_with(config: &str, nofile: Option<u64>) -> TestDaemon {
+    /// Sets up the directory and config without starting: for tests that
+    /// prepare a state file first, then call [`TestDaemon::spawn`].
+    pub fn start_stopped(config: &str) -> TestDaemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tether.toml");
         fs::write(&path, config).expect("write config");
-        let mut daemon = TestDaemon {
+        TestDaemon {
             child: None,
             config: path,
             state: dir.path().join("state/state.json"),
             socket: dir.path().join("run/tether.sock"),
             log: dir.path().join("tetherd.log"),
             dir,
-        };
+        }
+    }
+
+    fn start_with(config: &str, nofile: Option<u64>) -> TestDaemon {
+        let mut daemon = TestDaemon::start_stopped(config);
         daemon.spawn(nofile);
         daemon
     }
