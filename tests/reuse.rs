@@ -5,9 +5,7 @@
 //! after a restart, where only the remembered pin (of a config binding, or
 //! of a binding made over the socket) tells the two apart.
 
-use std::process::Command;
-
-use crate::util::{backend, backend_args, is_root, TETHERD};
+use crate::util::{run_reuse_script, ScriptRun};
 
 /// The scenario, run by bash as pid 1 of a new pid namespace. Prints
 /// `SKIP reason`, or one `OK`/`FAIL` line per check.
@@ -105,40 +103,14 @@ echo "EXIT $?"
 
 #[test]
 fn reused_child_pid_is_never_signalled() {
-    if !is_root() {
-        eprintln!("skipped: a new pid namespace and ns_last_pid need root");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    // The process connector reports only to the initial pid namespace, so
-    // the netlink backend is tested there, steering the host's own
-    // ns_last_pid (a fork elsewhere on the host in between makes the
-    // script skip, never pass falsely).
-    let mut cmd = if backend().as_deref() == Some("netlink") {
-        Command::new("bash")
-    } else {
-        let mut unshare = Command::new("unshare");
-        unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child", "bash"]);
-        unshare
+    let (stdout, stderr) = match run_reuse_script(SCRIPT, dir.path()) {
+        ScriptRun::Ran(stdout, stderr) => (stdout, stderr),
+        ScriptRun::Skipped(reason) => {
+            eprintln!("skipped: {reason}");
+            return;
+        }
     };
-    let out = cmd
-        .args(["-c", SCRIPT, "reuse"])
-        .arg(TETHERD)
-        .arg(dir.path())
-        .arg(crate::util::TETHERCTL)
-        .args(backend_args())
-        .output()
-        .expect("run the reuse script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() && stdout.is_empty() {
-        eprintln!("skipped: cannot create a pid namespace here: {stderr}");
-        return;
-    }
-    if let Some(reason) = stdout.lines().find_map(|l| l.strip_prefix("SKIP ")) {
-        eprintln!("skipped: {reason}");
-        return;
-    }
     let log = std::fs::read_to_string(dir.path().join("tetherd.log")).unwrap_or_default();
     assert!(!stdout.contains("FAIL"), "{stdout}\n{stderr}\nlog:\n{log}");
     assert_eq!(

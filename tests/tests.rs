@@ -49,3 +49,5 @@ mod reload;
 mod reuse;
 #[cfg(target_os = "linux")]
 mod scale;
+#[cfg(target_os = "linux")]
+mod torture;

@@ -486,3 +486,48 @@ pub fn run_tetherd(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// What a pid-reuse script printed, or why it could not run.
+pub enum ScriptRun {
+    /// It ran: (stdout, stderr).
+    Ran(String, String),
+    /// It could not run here; the reason.
+    Skipped(String),
+}
+
+/// Runs a bash `script` as pid 1 of a fresh pid namespace (where it can
+/// steer `ns_last_pid`) with the arguments `tetherd dir tetherctl
+/// BACKEND-ARGS...`. The netlink backend works only in the initial pid
+/// namespace, so for it the script runs there, steering the host's own
+/// `ns_last_pid` (a fork elsewhere on the host in between makes the script
+/// skip a step, never pass falsely). Needs root.
+#[cfg(target_os = "linux")]
+pub fn run_reuse_script(script: &str, dir: &Path) -> ScriptRun {
+    if !is_root() {
+        return ScriptRun::Skipped("a new pid namespace and ns_last_pid need root".into());
+    }
+    let mut cmd = if backend().as_deref() == Some("netlink") {
+        Command::new("bash")
+    } else {
+        let mut unshare = Command::new("unshare");
+        unshare.args(["--pid", "--fork", "--mount-proc", "--kill-child", "bash"]);
+        unshare
+    };
+    let out = cmd
+        .args(["-c", script, "reuse"])
+        .arg(TETHERD)
+        .arg(dir)
+        .arg(TETHERCTL)
+        .args(backend_args())
+        .output()
+        .expect("run the reuse script");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() && stdout.is_empty() {
+        return ScriptRun::Skipped(format!("cannot create a pid namespace here: {stderr}"));
+    }
+    if let Some(reason) = stdout.lines().find_map(|l| l.strip_prefix("SKIP ")) {
+        return ScriptRun::Skipped(reason.to_string());
+    }
+    ScriptRun::Ran(stdout, stderr)
+}
