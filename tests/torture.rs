@@ -99,3 +99,163 @@ fn torture_pid_reuse_rounds_never_signal_an_innocent() {
     );
     let _ = Duration::ZERO;
 }
+
+/// A small deterministic generator, so a failing run can be repeated with
+/// its printed seed (`TETHER_TORTURE_SEED`).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound.max(1)
+    }
+}
+
+/// One pair in the ledger, and what was acknowledged about it.
+struct Entry {
+    parent: crate::util::Proc,
+    child: crate::util::Proc,
+    /// The id, if the bind was acknowledged.
+    id: Option<u64>,
+    /// Whether an unbind was acknowledged (only ever while the parent
+    /// lived, so the binding cannot have fired before).
+    unbound: bool,
+    parent_killed: bool,
+}
+
+#[test]
+fn torture_crash_and_restart_keeps_the_ledger() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    use crate::util::{Proc, TestDaemon, TIMEOUT};
+
+    let seed = std::env::var("TETHER_TORTURE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("TETHER_TORTURE_SEED={seed}");
+    let mut rng = Rng(seed);
+    let crashes = if long() { 25 } else { 4 };
+    let bystanders: Vec<Proc> = (0..5).map(|_| Proc::sleeper()).collect();
+    let mut ledger: Vec<Entry> = Vec::new();
+    let mut daemon = TestDaemon::start("");
+    for crash in 0..crashes {
+        // SIGKILL the daemon at a random moment of the stream below.
+        let pid = Pid::from_raw(daemon.pid());
+        let delay = Duration::from_millis(20 + rng.next(200));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = kill(pid, Signal::SIGKILL);
+        });
+        loop {
+            let op = rng.next(10);
+            let result = if op < 5 || ledger.is_empty() {
+                let entry = Entry {
+                    parent: Proc::sleeper(),
+                    child: Proc::sleeper(),
+                    id: None,
+                    unbound: false,
+                    parent_killed: false,
+                };
+                let (p, c) = (
+                    entry.parent.pid().to_string(),
+                    entry.child.pid().to_string(),
+                );
+                ledger.push(entry);
+                let (code, out, _) =
+                    daemon.ctl(&["bind", "--parent", &p, "--child", &c, "--grace", "5s"]);
+                let last = ledger.last_mut().unwrap();
+                last.id = (code == 0).then(|| out.trim().parse().unwrap());
+                code
+            } else if op < 7 {
+                // Unbind an acknowledged binding whose parent lives.
+                let live: Vec<usize> = (0..ledger.len())
+                    .filter(|&i| {
+                        ledger[i].id.is_some() && !ledger[i].unbound && !ledger[i].parent_killed
+                    })
+                    .collect();
+                let Some(&i) = live.get(rng.next(live.len() as u64) as usize) else {
+                    continue;
+                };
+                let id = ledger[i].id.unwrap().to_string();
+                let (code, _, _) = daemon.ctl(&["unbind", &id]);
+                if code == 0 {
+                    ledger[i].unbound = true;
+                }
+                code
+            } else {
+                // A parent dies (the daemon may be up or down).
+                let alive: Vec<usize> = (0..ledger.len())
+                    .filter(|&i| !ledger[i].parent_killed)
+                    .collect();
+                let Some(&i) = alive.get(rng.next(alive.len() as u64) as usize) else {
+                    continue;
+                };
+                ledger[i].parent.kill9();
+                ledger[i].parent_killed = true;
+                0
+            };
+            if result == 3 {
+                // No daemon answered: it was killed.
+                break;
+            }
+        }
+        killer.join().unwrap();
+        daemon.stop_with(Signal::SIGKILL);
+        eprintln!("crash {crash}: {} pairs so far", ledger.len());
+        daemon.spawn(None);
+    }
+    // The end: every remaining parent dies too.
+    for entry in ledger.iter_mut().filter(|e| !e.parent_killed) {
+        entry.parent.kill9();
+        entry.parent_killed = true;
+    }
+    let mut acked = 0;
+    for entry in &mut ledger {
+        let pid = entry.child.pid();
+        match (entry.id, entry.unbound) {
+            (Some(id), false) => {
+                acked += 1;
+                assert_eq!(
+                    entry.child.wait_signal(TIMEOUT),
+                    Some(libc::SIGTERM),
+                    "acknowledged binding #{id} (child {pid}) was not honoured (seed {seed}):\n{}",
+                    daemon.log_text()
+                );
+            }
+            (Some(id), true) => {
+                std::thread::sleep(Duration::from_millis(20));
+                assert!(
+                    entry.child.is_alive(),
+                    "child {pid} of unbound #{id} was signalled (seed {seed}):\n{}",
+                    daemon.log_text()
+                );
+            }
+            // Unacknowledged: either outcome is allowed.
+            (None, _) => {}
+        }
+    }
+    for mut bystander in bystanders {
+        assert!(
+            bystander.is_alive(),
+            "a bystander was touched (seed {seed})"
+        );
+    }
+    eprintln!(
+        "{} pairs, {acked} acknowledged bindings honoured across {crashes} crashes",
+        ledger.len()
+    );
+    assert!(
+        acked > 0,
+        "no bind was acknowledged: the test proved nothing"
+    );
+}
