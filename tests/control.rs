@@ -586,3 +586,78 @@ fn a_bind_requiring_a_live_parent_says_why_in_a_code() {
         .unwrap()
         .contains(&format!("the parent {pid} has already exited")));
 }
+
+/// A bind request from the test user that passes pidfds it opened on
+/// root's processes: the daemon adopts the descriptors, but authorizes by
+/// the processes' owners, so it refuses; and a request naming the
+/// daemon's own pid or pid 1 is refused before any of that.
+#[test]
+fn an_unprivileged_user_cannot_bind_anothers_process_by_passing_its_pidfd() {
+    if !crate::util::is_root() {
+        eprintln!("skipped: switching to another user needs root");
+        return;
+    }
+    let Some((uid, gid)) = test_user() else {
+        return;
+    };
+    let daemon = TestDaemon::start("");
+    let mut parent = Proc::sleeper();
+    let mut victim = Proc::sleeper();
+    // python3 opens pidfds (os.pidfd_open) and passes them (send_fds).
+    let client = r#"
+import json, os, socket, sys
+sock, parent, child = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fds = [os.pidfd_open(parent), os.pidfd_open(child)]
+req = {"v": 1, "op": "bind", "parent": {"pid": parent, "pidfd": 0},
+       "children": [{"pid": child, "pidfd": 1}], "signal": "KILL"}
+s = socket.socket(socket.AF_UNIX)
+s.connect(sock)
+socket.send_fds(s, [json.dumps(req).encode() + b"\n"], fds)
+print(s.makefile().readline().strip())
+"#;
+    // The system's python (a user-local one under /root is not reachable
+    // by the test user).
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(python) = python else {
+        eprintln!("skipped: no system python3 to write the crafted client in");
+        return;
+    };
+    let socket = daemon.socket.display().to_string();
+    let out = as_user(
+        uid,
+        gid,
+        &[
+            python,
+            "-c",
+            client,
+            &socket,
+            &parent.pid().to_string(),
+            &victim.pid().to_string(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("pidfd_open") && err.contains("AttributeError") {
+        eprintln!("skipped: this python3 has no os.pidfd_open");
+        return;
+    }
+    assert!(answer.contains("\"ok\":false"), "{answer}\n{err}");
+    assert!(
+        answer.contains(&format!(
+            "uid {uid} may not bind child {}: it belongs to uid 0",
+            victim.pid()
+        )),
+        "{answer}"
+    );
+    // And the refusal holds: the parent dies, the victim lives.
+    parent.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(victim.is_alive(), "{}", daemon.log_text());
+    let (code, out, _) = daemon.ctl(&["list"]);
+    assert_eq!(code, 0);
+    assert!(!out.contains(&victim.pid().to_string()), "{out}");
+}

@@ -259,3 +259,48 @@ fn torture_crash_and_restart_keeps_the_ledger() {
         "no bind was acknowledged: the test proved nothing"
     );
 }
+
+#[test]
+fn torture_mass_exit_signals_every_child_exactly_once() {
+    use crate::util::{binding, wait_until, Proc, TestDaemon, TIMEOUT};
+
+    // Long: as many as the descriptor limit allows the pidfd backend
+    // (two per binding; the hard limit here is 20,000).
+    let n = if long() { 9_900 } else { 300 };
+    let dir = tempfile::tempdir().unwrap();
+    let parents: Vec<Proc> = (0..n).map(|_| Proc::sleeper()).collect();
+    // Each child records every SIGTERM it gets in its own file and lives
+    // on, so a second signal would show.
+    let children: Vec<Proc> = (0..n)
+        .map(|i| {
+            let file = dir.path().join(format!("c{i}"));
+            Proc::sh(&format!(
+                "trap 'echo >> {}' TERM; while :; do sleep 1; done",
+                file.display()
+            ))
+        })
+        .collect();
+    let config: String = parents
+        .iter()
+        .zip(&children)
+        .map(|(p, c)| binding(p.pid(), c.pid(), "grace = \"never\""))
+        .collect();
+    let daemon = TestDaemon::start(&config);
+    daemon.wait_log(&format!("{n} added"));
+    for p in &parents {
+        p.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    let count = |i: usize| {
+        std::fs::read_to_string(dir.path().join(format!("c{i}")))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let all = wait_until(TIMEOUT * 3, || (0..n).all(|i| count(i) >= 1));
+    assert!(all, "not every child was signalled:\n{}", daemon.log_text());
+    // A second signal would have arrived by now (the loop sleeps 1 s).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let twice: Vec<usize> = (0..n).filter(|&i| count(i) > 1).collect();
+    assert!(twice.is_empty(), "children signalled twice: {twice:?}");
+    drop(children);
+    drop(parents);
+}
