@@ -36,21 +36,21 @@ innocent() { # an innocent process that records any SIGTERM it gets
   # of ns_last_pid can reuse a pid that fast (docs/ARCHITECTURE.md).
   sleep 0.03
   next_pid "$1"
-  ( trap "echo TERM >> $D/innocent.$1; exit 0" TERM; while :; do sleep 1; done ) &
+  ( trap "echo TERM >> $D/innocent.$1; exit 0" TERM; for _ in $(seq 300); do sleep 1; done ) &
 }
 
 [ -w /proc/sys/kernel/ns_last_pid ] || { echo "SKIP ns_last_pid is not writable"; exit 0; }
 
 # 1. A held pidfd: one child dies and its pid goes to an innocent while
 #    tetherd watches; then the parent dies and the other child is signalled.
-sleep 1000 & P1=$!
-sleep 1000 & C1=$!
-sleep 1000 & K1=$!
+sleep 300 & P1=$!
+sleep 300 & C1=$!
+sleep 300 & K1=$!
 # 2. Restart: a child dies while tetherd is down and an innocent takes its
 #    pid; only the pin in the state file tells them apart.
-sleep 1000 & P2=$!
-sleep 1000 & C2=$!
-sleep 1000 & K2=$!
+sleep 300 & P2=$!
+sleep 300 & C2=$!
+sleep 300 & K2=$!
 printf '[defaults]\ngrace = "1s"\n' > $D/t.toml
 printf '[[binding]]\nname = "held"\nparent = %s\nchildren = [%s, %s]\n' $P1 $C1 $K1 >> $D/t.toml
 printf '[[binding]]\nname = "restart"\nparent = %s\nchildren = [%s, %s]\n' $P2 $C2 $K2 >> $D/t.toml
@@ -77,9 +77,9 @@ sleep 1.5   # longer than the grace period: no SIGTERM, no SIGKILL came
 # 3. The same for a binding made over the socket: the daemon is stopped,
 #    the child dies, an innocent takes its pid, the daemon restarts from its
 #    state file, the parent dies.
-sleep 1000 & P3=$!
-sleep 1000 & C3=$!
-sleep 1000 & K3=$!
+sleep 300 & P3=$!
+sleep 300 & C3=$!
+sleep 300 & K3=$!
 TETHER_SOCKET=$D/tether.sock "$C" bind --parent $P3 --child $C3 --child $K3 --name sock --grace 1s > $D/id || { echo "FAIL bind"; exit 1; }
 kill -TERM $TD; wait $TD
 kill -9 $C3; wait $C3 2>/dev/null
