@@ -30,12 +30,11 @@
 #[path = "support/mod.rs"]
 mod support;
 
+use support::probe::*;
 use support::{arg, Tetherd};
 
-use std::collections::HashSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -44,237 +43,6 @@ enum Method {
     Pdeathsig,
     Watcher,
     Tetherd,
-}
-
-fn now_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we then own.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "pipe2");
-    // SAFETY: both descriptors were just created for us.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
-fn write_all(fd: RawFd, bytes: &[u8]) {
-    // SAFETY: a plain write of a buffer we own; short writes do not happen
-    // below PIPE_BUF.
-    unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-}
-
-fn read_exact(fd: RawFd, buf: &mut [u8]) -> bool {
-    let mut got = 0;
-    while got < buf.len() {
-        // SAFETY: reads into the unfilled tail of our own buffer.
-        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
-        if n <= 0 {
-            return false;
-        }
-        got += n as usize;
-    }
-    true
-}
-
-/// Runs in a forked probe: wait for SIGTERM, report (pid, time), exit.
-fn probe(results: RawFd, ready: RawFd, pdeathsig_parent: Option<i32>) -> ! {
-    // SAFETY: only async-signal-safe calls follow, in a freshly forked
-    // single-threaded child.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if let Some(parent) = pdeathsig_parent {
-            // What `setpriv --pdeathsig TERM` does before exec, with the
-            // race check against the parent captured before fork.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
-            if libc::getppid() != parent {
-                libc::_exit(3);
-            }
-        }
-        let me = libc::getpid();
-        write_all(ready, &me.to_ne_bytes());
-        loop {
-            let sig = libc::sigwaitinfo(&set, std::ptr::null_mut());
-            if sig == libc::SIGTERM {
-                let t = now_ns();
-                let mut msg = [0u8; 12];
-                msg[..4].copy_from_slice(&me.to_ne_bytes());
-                msg[4..].copy_from_slice(&t.to_ne_bytes());
-                write_all(results, &msg);
-                libc::_exit(0);
-            }
-        }
-    }
-}
-
-fn fork() -> i32 {
-    // SAFETY: the bench is single-threaded, so the child may run Rust code
-    // until it execs or exits.
-    unsafe { libc::fork() }
-}
-
-/// Forks a parent that forks a probe child; returns (parent, child).
-fn spawn_pair(method: Method, results: RawFd) -> (i32, i32) {
-    let (ready_r, ready_w) = pipe();
-    let parent = fork();
-    assert!(parent >= 0, "fork");
-    if parent == 0 {
-        let me = std::process::id() as i32;
-        let child = fork();
-        if child == 0 {
-            let pdeath = (method == Method::Pdeathsig).then_some(me);
-            probe(results, ready_w.as_raw_fd(), pdeath);
-        }
-        loop {
-            // SAFETY: pause has no arguments; the parent waits for SIGKILL.
-            unsafe { libc::pause() };
-        }
-    }
-    drop(ready_w);
-    let mut buf = [0u8; 4];
-    assert!(
-        read_exact(ready_r.as_raw_fd(), &mut buf),
-        "probe did not start"
-    );
-    (parent, i32::from_ne_bytes(buf))
-}
-
-/// Forks a pidfd watcher for one pair: the one-process-per-binding design.
-fn spawn_watcher(parent: i32, child: i32) -> i32 {
-    let (ready_r, ready_w) = pipe();
-    let pid = fork();
-    if pid == 0 {
-        // SAFETY: raw syscalls on descriptors this child owns.
-        unsafe {
-            let pfd = libc::syscall(libc::SYS_pidfd_open, parent, 0) as i32;
-            let cfd = libc::syscall(libc::SYS_pidfd_open, child, 0) as i32;
-            write_all(ready_w.as_raw_fd(), &[1]);
-            let mut pollfd = libc::pollfd {
-                fd: pfd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            libc::poll(&mut pollfd, 1, -1);
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                cfd,
-                libc::SIGTERM,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
-            libc::_exit(0);
-        }
-    }
-    drop(ready_w);
-    let mut buf = [0u8; 1];
-    assert!(
-        read_exact(ready_r.as_raw_fd(), &mut buf),
-        "watcher did not start"
-    );
-    pid
-}
-
-fn kill(pid: i32, sig: i32) {
-    // SAFETY: kill takes two integers.
-    unsafe { libc::kill(pid, sig) };
-}
-
-fn reap_all() {
-    // SAFETY: waitpid with a null status pointer on any child.
-    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
-}
-
-/// Reads one (pid, time) report, with a timeout.
-fn read_result(results: RawFd, timeout: Duration) -> Option<(i32, i64)> {
-    let mut pollfd = libc::pollfd {
-        fd: results,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: poll on one descriptor we own.
-    let n = unsafe { libc::poll(&mut pollfd, 1, timeout.as_millis() as i32) };
-    if n <= 0 {
-        return None;
-    }
-    let mut msg = [0u8; 12];
-    read_exact(results, &mut msg).then(|| {
-        (
-            i32::from_ne_bytes(msg[..4].try_into().unwrap()),
-            i64::from_ne_bytes(msg[4..].try_into().unwrap()),
-        )
-    })
-}
-
-impl Tetherd {
-    fn bind(&self, stream: &mut UnixStream, parent: i32, child: i32) {
-        let line = format!("{{\"v\":1,\"op\":\"bind\",\"parent\":{{\"pid\":{parent}}},\"children\":[{{\"pid\":{child}}}]}}\n");
-        stream.write_all(line.as_bytes()).unwrap();
-        let mut answer = String::new();
-        BufReader::new(&*stream).read_line(&mut answer).unwrap();
-        assert!(answer.contains("\"ok\":true"), "{answer}");
-    }
-
-    /// (VmRSS kB, utime+stime ticks, voluntary, involuntary switches).
-    fn usage(&self) -> (u64, u64, u64, u64) {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let cpu = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        (
-            field("VmRSS:"),
-            cpu,
-            field("voluntary_ctxt_switches:"),
-            field("nonvoluntary_ctxt_switches:"),
-        )
-    }
-}
-
-fn root_at_start() -> bool {
-    // SAFETY: geteuid has no arguments.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// `[[binding]]` tables for `pairs`.
-fn filler_config(pairs: &[(i32, i32)]) -> String {
-    pairs
-        .iter()
-        .map(|(p, c)| format!("[[binding]]\nparent = {p}\nchild = {c}\n"))
-        .collect()
-}
-
-#[derive(Default)]
-struct Stats {
-    samples: Vec<f64>,
-}
-
-impl Stats {
-    fn add(&mut self, us: f64) {
-        self.samples.push(us);
-    }
-    fn pct(&self, p: f64) -> f64 {
-        let mut s = self.samples.clone();
-        s.sort_by(f64::total_cmp);
-        s[((s.len() as f64 - 1.0) * p).round() as usize]
-    }
 }
 
 /// One latency round for `method`; returns the delay in µs. `jitter`
@@ -286,7 +54,7 @@ fn round(
     daemon: Option<(&Tetherd, &mut UnixStream)>,
     jitter: Duration,
 ) -> f64 {
-    let (parent, child) = spawn_pair(method, results_w);
+    let (parent, child) = spawn_pair(method == Method::Pdeathsig, results_w);
     let watcher = match method {
         Method::Watcher => Some(spawn_watcher(parent, child)),
         _ => None,
@@ -309,28 +77,6 @@ fn round(
     }
     reap_all();
     (t1 - t0) as f64 / 1000.0
-}
-
-/// Kills every parent at once; returns µs from the first kill to the last
-/// child's signal, and how many children reported (each at most once).
-fn mass_exit(pairs: &[(i32, i32)], results: RawFd) -> (f64, usize) {
-    let children: HashSet<i32> = pairs.iter().map(|p| p.1).collect();
-    let t0 = now_ns();
-    for (p, _) in pairs {
-        kill(*p, libc::SIGKILL);
-    }
-    let mut seen = HashSet::new();
-    let mut last = t0;
-    while seen.len() < pairs.len() {
-        let Some((pid, t)) = read_result(results, Duration::from_secs(30)) else {
-            break;
-        };
-        assert!(children.contains(&pid), "report from an unknown pid {pid}");
-        assert!(seen.insert(pid), "pid {pid} was signalled twice");
-        last = last.max(t);
-    }
-    reap_all();
-    ((last - t0) as f64 / 1000.0, seen.len())
 }
 
 fn main() {
@@ -471,9 +217,7 @@ fn main() {
     let mut k2 = Stats::default();
     let mut big_runs: Vec<BigRun> = Vec::new();
     for backend in &backends {
-        let filler: Vec<(i32, i32)> = (0..n_pairs)
-            .map(|_| spawn_pair(Method::Tetherd, res_w))
-            .collect();
+        let filler: Vec<(i32, i32)> = (0..n_pairs).map(|_| spawn_pair(false, res_w)).collect();
         let load_start = Instant::now();
         let big = Tetherd::start_on(Some(backend), &filler_config(&filler));
         let load_time = load_start.elapsed();
@@ -513,13 +257,11 @@ fn main() {
             seen,
         });
     }
-    let kernel_pairs: Vec<(i32, i32)> = (0..n_pairs)
-        .map(|_| spawn_pair(Method::Pdeathsig, res_w))
-        .collect();
+    let kernel_pairs: Vec<(i32, i32)> = (0..n_pairs).map(|_| spawn_pair(true, res_w)).collect();
     let (kernel_mass, kernel_seen) = mass_exit(&kernel_pairs, res_r);
 
     // One watcher process's own memory, for the per-binding design.
-    let (p, c) = spawn_pair(Method::Tetherd, res_w);
+    let (p, c) = spawn_pair(false, res_w);
     let w = spawn_watcher(p, c);
     let smaps = fs::read_to_string(format!("/proc/{w}/smaps_rollup")).unwrap_or_default();
     let kb = |name: &str| -> u64 {

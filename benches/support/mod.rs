@@ -1,6 +1,8 @@
 //! What both benchmarks need: a real tetherd in a temporary directory,
 //! ready once its loop answers a `status` request.
 
+pub mod probe;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -102,6 +104,19 @@ impl Tetherd {
             socket,
             _dir: dir,
         }
+    }
+
+    /// Rewrites its configuration with `bindings` and has it reloaded over
+    /// the socket; returns once the reload is applied.
+    #[allow(dead_code)] // the proof benchmark's
+    pub fn reload_with(&self, bindings: &str) {
+        let text = format!("[daemon]\nlog = \"warn\"\nmax_bindings_per_uid = 1000000\n{bindings}");
+        std::fs::write(self._dir.path().join("tether.toml"), text).unwrap();
+        let mut stream = UnixStream::connect(&self.socket).unwrap();
+        stream.write_all(b"{\"v\":1,\"op\":\"reload\"}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":true"), "reload: {line}");
     }
 
     /// Its pid.
