@@ -28,7 +28,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::event::{EvFlags, EventFilter, FilterFlag, KEvent, Kqueue};
 
-use super::pids::{PidHandle, Watched};
+use super::pids::{self, PidHandle, Watched};
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
 use crate::config::{Pid, Signal};
 use crate::sys::bsd::{self, ProcInfo};
@@ -274,15 +274,7 @@ impl Backend for KqueueWatcher {
     }
 
     fn signal(&self, handle: &PidHandle, sig: Signal) -> io::Result<Delivery> {
-        // The start time read again just before kill(2): see the module
-        // documentation for the window that remains.
-        if Self::exited(handle) {
-            return Ok(Delivery::Gone);
-        }
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(handle.pid), sig.get()) {
-            Ok(()) => Ok(Delivery::Sent),
-            Err(nix::errno::Errno::ESRCH) => Ok(Delivery::Gone),
-            Err(err) => Err(err.into()),
-        }
+        // The start time read again just before kill(2).
+        pids::kill_checked(handle, sig, Self::exited(handle))
     }
 }

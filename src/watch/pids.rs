@@ -5,8 +5,12 @@
 //! pid.
 
 use std::collections::HashMap;
+use std::io;
 
 use mio::Token;
+
+use super::Delivery;
+use crate::config::Signal;
 
 /// A process known by pid and start time: the handle of the backends
 /// without process descriptors. It does not hold the process; every use
@@ -20,6 +24,21 @@ pub struct PidHandle {
     /// Tells apart two handles on the same process (so that deregistering
     /// one leaves the other's watch in place).
     pub serial: u64,
+}
+
+/// Signals `handle` by pid with kill(2), unless `exited` (its start time,
+/// read again by the caller just before this) says it is not the pinned
+/// process any more. What remains is the window between that check and
+/// the kill: see the backends' module documentation.
+pub fn kill_checked(handle: &PidHandle, sig: Signal, exited: bool) -> io::Result<Delivery> {
+    if exited {
+        return Ok(Delivery::Gone);
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(handle.pid), sig.get()) {
+        Ok(()) => Ok(Delivery::Sent),
+        Err(nix::errno::Errno::ESRCH) => Ok(Delivery::Gone),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// One token waiting for one process.

@@ -39,7 +39,7 @@ use nix::sys::socket::{self, sockopt, MsgFlags, NetlinkAddr};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
-use super::pids::{PidHandle, Watched};
+use super::pids::{self, PidHandle, Watched};
 use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
 use crate::config::{Pid, Signal};
@@ -528,16 +528,8 @@ impl Backend for ProcWatcher {
     }
 
     fn signal(&self, handle: &PidHandle, sig: Signal) -> io::Result<Delivery> {
-        // The start time read again just before kill(2): see the module
-        // documentation for the window that remains.
-        if Self::exited(handle) {
-            return Ok(Delivery::Gone);
-        }
-        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(handle.pid), sig.get()) {
-            Ok(()) => Ok(Delivery::Sent),
-            Err(nix::errno::Errno::ESRCH) => Ok(Delivery::Gone),
-            Err(err) => Err(err.into()),
-        }
+        // The start time read again just before kill(2).
+        pids::kill_checked(handle, sig, Self::exited(handle))
     }
 }
 
