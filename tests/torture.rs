@@ -279,27 +279,42 @@ fn torture_crash_and_restart_keeps_the_ledger() {
 fn torture_mass_exit_signals_every_child_exactly_once() {
     use crate::util::{binding, wait_until, Proc, TestDaemon, TIMEOUT};
 
-    // Long: as many as the descriptor limit allows the pidfd backend
-    // (two per binding; the hard limit here is 20,000).
-    let n = if long() { 9_900 } else { 300 };
+    // Long: 10,000, or for the pidfd backend (two descriptors per binding)
+    // as many as a hard descriptor limit of 20,000 allows.
+    let n = match (long(), crate::util::backend_name().as_str()) {
+        (false, _) => 300,
+        (true, "pidfd") => 9_900,
+        (true, _) => 10_000,
+    };
     let dir = tempfile::tempdir().unwrap();
     let parents: Vec<Proc> = (0..n).map(|_| Proc::sleeper()).collect();
     // Each child records every SIGTERM it gets in its own file and lives
-    // on, so a second signal would show.
-    let children: Vec<Proc> = (0..n)
+    // on, so a second signal would show. It waits on a `sleep` of its own
+    // (no fork per second: 9,900 of them would swamp the host), in its own
+    // process group so that both go together, and lives 10 min at most,
+    // so nothing outlives a killed test for long.
+    let children: Vec<Group> = (0..n)
         .map(|i| {
             let file = dir.path().join(format!("c{i}"));
-            Proc::sh(&format!(
-                // Bounded (10 min), so nothing outlives a killed test.
-                "trap 'echo >> {}' TERM; for _ in $(seq 600); do sleep 1; done",
-                file.display()
-            ))
+            use std::os::unix::process::CommandExt as _;
+            let child = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "trap 'echo >> {}' TERM; sleep 600 & s=$!; \
+                     while kill -0 $s 2>/dev/null; do wait $s; done",
+                    file.display()
+                ))
+                .stdin(std::process::Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("spawn sh");
+            Group(Proc::from_child(child))
         })
         .collect();
     let config: String = parents
         .iter()
         .zip(&children)
-        .map(|(p, c)| binding(p.pid(), c.pid(), "grace = \"never\""))
+        .map(|(p, c)| binding(p.pid(), c.0.pid(), "grace = \"never\""))
         .collect();
     let daemon = TestDaemon::start(&config);
     daemon.wait_log(&format!("{n} added"));
@@ -313,10 +328,22 @@ fn torture_mass_exit_signals_every_child_exactly_once() {
     };
     let all = wait_until(TIMEOUT * 3, || (0..n).all(|i| count(i) >= 1));
     assert!(all, "not every child was signalled:\n{}", daemon.log_text());
-    // A second signal would have arrived by now (the loop sleeps 1 s).
+    // A second signal would have arrived by now.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let twice: Vec<usize> = (0..n).filter(|&i| count(i) > 1).collect();
     assert!(twice.is_empty(), "children signalled twice: {twice:?}");
     drop(children);
     drop(parents);
+}
+
+/// A process that leads its own process group; dropping it kills the group.
+struct Group(crate::util::Proc);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0.pid()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
