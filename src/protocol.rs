@@ -30,8 +30,14 @@ pub struct Request {
 
 impl Request {
     /// Parses a request line: `v` must be [`VERSION`], `op` one of the
-    /// operations, and no other key may appear.
+    /// operations, and no other key may appear. A refusal is one line:
+    /// control characters the client put in a key or value are escaped,
+    /// so they cannot forge lines in the daemon's log.
     pub fn parse(line: &[u8]) -> Result<Request, String> {
+        Self::parse_line(line).map_err(|why| escape_controls(&why))
+    }
+
+    fn parse_line(line: &[u8]) -> Result<Request, String> {
         let mut value: serde_json::Value =
             serde_json::from_slice(line).map_err(|e| e.to_string())?;
         let object = value
@@ -70,6 +76,23 @@ impl Request {
         let op = serde_json::from_value(value).map_err(|e| e.to_string())?;
         Ok(Request { v, op })
     }
+}
+
+/// `text` with every control character (newlines, escapes, NUL) written
+/// as its Rust escape, as `\n`.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The operations.
@@ -278,5 +301,20 @@ mod tests {
             })
         );
         assert!(Request::parse(br#"{"v":1,"op":"status"}"#).is_ok());
+    }
+
+    /// Found by `fuzz/run request`: a key with an escaped newline came back
+    /// in the refusal as a real one, and the daemon logs refusals.
+    #[test]
+    fn refusals_escape_the_control_characters_a_client_sent() {
+        for line in [
+            &br#"{"v":1,"op":"bind","pare\nt":[{"pid":2}]}"#[..],
+            br#"{"v":1,"op":"status","x\ntetherd: info: forged":1}"#,
+            br#"{"v":1,"op":"bi\u001b[2Jnd"}"#,
+        ] {
+            let err = Request::parse(line).expect_err("refused");
+            assert!(!err.chars().any(char::is_control), "{err:?}");
+            assert!(err.contains("\\n") || err.contains("\\u{1b}"), "{err:?}");
+        }
     }
 }

@@ -50,6 +50,13 @@ fn every_malformed_request_gets_a_one_line_error_and_the_daemon_serves_on() {
         let (code, _, err) = daemon.ctl(&["status"]);
         assert_eq!(code, 0, "{name} left the daemon unable to serve: {err}");
     }
+    // Refusals are logged: no request may add a line of its own making.
+    let log = daemon.log_text();
+    let forged: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("tetherd: "))
+        .collect();
+    assert!(forged.is_empty(), "log lines a request made: {forged:?}");
 }
 
 #[test]
@@ -79,5 +86,13 @@ fn every_malformed_state_file_is_set_aside_or_its_entry_dropped_and_the_daemon_s
         }
         let warned = warned.unwrap_or_else(|| panic!("{name}: no warning:\n{log}"));
         eprintln!("{name}: {warned}");
+        let forged: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.starts_with("tetherd: "))
+            .collect();
+        assert!(
+            forged.is_empty(),
+            "{name}: log lines the file made: {forged:?}"
+        );
     }
 }

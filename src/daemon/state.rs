@@ -403,13 +403,14 @@ fn read_or_set_aside<T>(
     };
     match decode(&bytes) {
         Ok(value) => Ok(Some(value)),
-        Err(why) => Err(match set_aside(path) {
-            Ok(to) => format!(
+        // The parser's words may quote the file's bytes: one line, always.
+        Err(why) => Err(match (set_aside(path), crate::protocol::escape_controls(&why)) {
+            (Ok(to), why) => format!(
                 "{}: corrupt {what} ({why}); moved it to {} and starting without it",
                 path.display(),
                 to.display()
             ),
-            Err(err) => format!(
+            (Err(err), why) => format!(
                 "{}: corrupt {what} ({why}) that cannot be moved aside ({err}); starting without it",
                 path.display()
             ),
