@@ -12,7 +12,10 @@ fuzz_target!(|text: &str| {
         for err in &errors.0 {
             let line = err.to_string();
             assert!(!line.contains('\n'), "multi-line error {line:?}");
-            assert!(line.starts_with("t.toml:"), "error {line:?} does not name the file");
+            assert!(
+                line.starts_with("t.toml:"),
+                "error {line:?} does not name the file"
+            );
         }
     }
 });
