@@ -83,27 +83,8 @@ fn main() {
     let rounds = arg("--rounds", 200);
     let requested_pairs = arg("--pairs", 10_000);
     let idle_secs = arg("--idle-secs", 10) as u64;
-    // SAFETY: geteuid has no arguments.
-    let root = unsafe { libc::geteuid() } == 0;
-    // Orphaned probes come back to us, so nothing is left behind.
-    // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let old_pid_max = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap_or_default();
-    // Everything forked here shares our process group; if the run fails,
-    // the panic hook puts pid_max back and kills the whole group, so no
-    // probe outlives the benchmark.
-    // SAFETY: setpgid on ourselves.
-    unsafe { libc::setpgid(0, 0) };
-    let restore = old_pid_max.trim().to_owned();
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        if root_at_start() {
-            let _ = fs::write("/proc/sys/kernel/pid_max", &restore);
-        }
-        // SAFETY: signals our own process group, ourselves included.
-        unsafe { libc::kill(0, libc::SIGKILL) };
-    }));
+    let root = root_at_start();
+    let mut guard = RunGuard::start();
     let mut raised = false;
     if root {
         let limit = libc::rlimit {
@@ -112,7 +93,6 @@ fn main() {
         };
         // SAFETY: setrlimit reads one rlimit we own.
         raised = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0;
-        let _ = fs::write("/proc/sys/kernel/pid_max", "4194304");
     }
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -277,9 +257,7 @@ fn main() {
     let _ = read_result(res_r, Duration::from_secs(10));
     reap_all();
 
-    if root {
-        let _ = fs::write("/proc/sys/kernel/pid_max", old_pid_max.trim());
-    }
+    guard.restore();
 
     let row = |name: &str, s: &Stats, k: &Stats| {
         println!(

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::probe::*;
-use support::{arg, usable_backends, Tetherd, TETHERD};
+use support::{arg, usable_backends, Tetherd};
 
 const TETHERCTL: &str = env!("CARGO_BIN_EXE_tetherctl");
 /// Where `tetherctl exec`'s probe finds its pipes after exec.
@@ -270,24 +270,8 @@ fn main() {
         .filter_map(|v| v.parse().ok())
         .collect();
     let out_dir = PathBuf::from(value("--out").unwrap_or_else(|| "docs/bench".into()));
-    // SAFETY: geteuid has no arguments.
-    let root = unsafe { libc::geteuid() } == 0;
-    // SAFETY: prctl with integer arguments: orphaned probes come back to us.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    // SAFETY: setpgid on ourselves: a failed run kills the whole group.
-    unsafe { libc::setpgid(0, 0) };
-    let old_pid_max = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap_or_default();
-    let restore = old_pid_max.trim().to_owned();
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        let _ = fs::write("/proc/sys/kernel/pid_max", &restore);
-        // SAFETY: signals our own process group.
-        unsafe { libc::kill(0, libc::SIGKILL) };
-    }));
-    if root {
-        let _ = fs::write("/proc/sys/kernel/pid_max", "4194304");
-    }
+    let root = root_at_start();
+    let mut guard = RunGuard::start();
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -552,9 +536,7 @@ fn main() {
         }
         writeln!(md, "\nThe netlink backend has no timer either, but the kernel's process connector cannot subscribe to chosen pids: its socket filter passes exit events only, and every process that exits anywhere on the host wakes tetherd once. Any switches it shows above are other processes' exits on this host in those {idle_secs} s.\n").unwrap();
     }
-    if root {
-        let _ = fs::write("/proc/sys/kernel/pid_max", old_pid_max.trim());
-    }
+    guard.restore();
 
     // 4. Output.
     fs::create_dir_all(&out_dir).unwrap();
@@ -569,7 +551,6 @@ fn main() {
     writeln!(md, "Plots: [latency](latency.svg), [memory](memory.svg).").unwrap();
     fs::write(out_dir.join("results.md"), &md).unwrap();
     print!("{md}");
-    let _ = TETHERD;
 }
 
 /// x position of `v` on a log scale from `lo` to `hi` over `width` px.

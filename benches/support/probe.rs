@@ -252,6 +252,55 @@ pub fn fork_parent(then: impl FnOnce()) -> i32 {
     pid
 }
 
+/// The set-up both process benchmarks share. Orphaned probes come back to
+/// us (subreaper), everything forked shares our process group, and as root
+/// kernel.pid_max is raised to 4194304. A panic puts pid_max back and kills
+/// the whole group, so no probe outlives a failed run; `restore` (or the
+/// drop) puts pid_max back after a good one.
+pub struct RunGuard {
+    old_pid_max: Option<String>,
+}
+
+impl RunGuard {
+    pub fn start() -> RunGuard {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+        // SAFETY: setpgid on ourselves.
+        unsafe { libc::setpgid(0, 0) };
+        let old = fs::read_to_string("/proc/sys/kernel/pid_max")
+            .ok()
+            .map(|v| v.trim().to_owned())
+            .filter(|_| root_at_start());
+        let restore = old.clone();
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            if let Some(old) = &restore {
+                let _ = fs::write("/proc/sys/kernel/pid_max", old);
+            }
+            // SAFETY: signals our own process group, ourselves included.
+            unsafe { libc::kill(0, libc::SIGKILL) };
+        }));
+        if old.is_some() {
+            let _ = fs::write("/proc/sys/kernel/pid_max", "4194304");
+        }
+        RunGuard { old_pid_max: old }
+    }
+
+    /// Puts kernel.pid_max back (once the big scales are done).
+    pub fn restore(&mut self) {
+        if let Some(old) = self.old_pid_max.take() {
+            let _ = fs::write("/proc/sys/kernel/pid_max", old);
+        }
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
 pub fn root_at_start() -> bool {
     // SAFETY: geteuid has no arguments.
     unsafe { libc::geteuid() == 0 }
