@@ -7,7 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::util::{
-    become_subreaper, binding, reap, tetherctl, wait_until, Proc, TestDaemon, TETHERCTL, TIMEOUT,
+    as_user, become_subreaper, binding, reap, test_user, tetherctl, wait_until, Proc, TestDaemon,
+    TETHERCTL, TIMEOUT,
 };
 
 #[test]
@@ -420,40 +421,6 @@ fn hostile_clients_do_not_stall_the_daemon() {
     drop(silent);
     let (code, _, _) = daemon.ctl(&["list"]);
     assert_eq!(code, 0);
-}
-
-/// The uid and gid of the unprivileged test user, created if missing.
-fn test_user() -> Option<(u32, u32)> {
-    const USER: &str = "tether-test";
-    let lookup = || nix::unistd::User::from_name(USER).ok().flatten();
-    if lookup().is_none() {
-        let status = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                USER,
-            ])
-            .status();
-        if !status.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: cannot create the test user {USER} with useradd");
-            return None;
-        }
-    }
-    lookup().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
-}
-
-/// `argv` run as `uid:gid` with no supplementary groups.
-fn as_user(uid: u32, gid: u32, argv: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new("setpriv");
-    cmd.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--clear-groups")
-        .args(argv)
-        .env_remove("TETHER_SOCKET")
-        .stdin(std::process::Stdio::null());
-    cmd
 }
 
 #[test]

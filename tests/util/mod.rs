@@ -531,3 +531,37 @@ pub fn run_reuse_script(script: &str, dir: &Path) -> ScriptRun {
     }
     ScriptRun::Ran(stdout, stderr)
 }
+
+/// The uid and gid of the unprivileged test user, created if missing.
+pub fn test_user() -> Option<(u32, u32)> {
+    const USER: &str = "tether-test";
+    let lookup = || nix::unistd::User::from_name(USER).ok().flatten();
+    if lookup().is_none() {
+        let status = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ])
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: cannot create the test user {USER} with useradd");
+            return None;
+        }
+    }
+    lookup().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// `argv` run as `uid:gid` with no supplementary groups.
+pub fn as_user(uid: u32, gid: u32, argv: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .args(argv)
+        .env_remove("TETHER_SOCKET")
+        .stdin(std::process::Stdio::null());
+    cmd
+}
