@@ -169,10 +169,17 @@ pub struct Response {
     /// What went wrong (when `ok` is false), one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// A machine-readable reason for some refusals: `parent_gone` (a bind
-    /// with `require_live_parent` whose parent has exited).
+    /// Why a request was refused, for programs: `bad_request`, `invalid`,
+    /// `parent_gone`, `child_gone`, `not_permitted`, `limit`,
+    /// `no_such_binding`, `config_binding`, `invalid_config`, `not_held`
+    /// (docs/protocol.md). Clients treat a code they do not know as a
+    /// plain refusal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// Something the client should be told although the request
+    /// succeeded (a bind whose parent was not running acted at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// Further error lines (a refused reload's configuration errors).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -198,6 +205,7 @@ impl Response {
             ok: true,
             error: None,
             code: None,
+            warning: None,
             errors: Vec::new(),
             id: None,
             bindings: None,
@@ -261,6 +269,16 @@ pub struct StatusInfo {
     pub fds_allowed: u64,
     /// The daemon's pid.
     pub pid: u32,
+    /// Processes the caller's bindings hold (root: every binding's).
+    #[serde(default)]
+    pub processes_held: u64,
+    /// Processes the caller may hold (its budget; root: what the daemon
+    /// has room for).
+    #[serde(default)]
+    pub processes_allowed: u64,
+    /// Descriptors clients passed or left that wait to be closed.
+    #[serde(default)]
+    pub fds_closing: u64,
 }
 
 /// What a reload did.

@@ -381,8 +381,12 @@ fn status(socket: &PathBuf, json: bool) -> Outcome {
         status.bindings, status.armed
     );
     println!(
-        "descriptors:  {} in use of {} allowed",
-        status.fds_in_use, status.fds_allowed
+        "descriptors:  {} in use of {} allowed ({} waiting to be closed)",
+        status.fds_in_use, status.fds_allowed, status.fds_closing
+    );
+    println!(
+        "processes:    {} held by your bindings of {} allowed",
+        status.processes_held, status.processes_allowed
     );
     Ok(Exit::Ok)
 }

@@ -113,18 +113,22 @@ pub struct Binding<H> {
     /// For `kill = "group"` and `"tree"`: what widens the signal beyond the
     /// bound children. `None` for `"process"`.
     pub scope: Option<Box<Scope<H>>>,
+    /// Processes counted against the owner's budget for this binding
+    /// (released when it ends).
+    pub charged: usize,
 }
 
 /// The wider set a group or tree binding signals.
 #[derive(Debug)]
 pub struct Scope<H> {
     /// `kill = "group"`: the process group of each bound child when the
-    /// binding was made (0 where none was recorded), by child index.
-    pub groups: Vec<i32>,
-    /// Members found when the parent exited or at escalation (not the
-    /// bound children), each held by a handle proven against the process
-    /// table's entry, so a reused pid is never among them. Not registered
-    /// for exit events: they are signalled, not waited for.
+    /// binding was made (`None` where none was recorded), by child index.
+    pub groups: Vec<Option<i32>>,
+    /// Members found at bind time (groups), when a bound child exited
+    /// (groups), when the parent exited and at escalation (not the bound
+    /// children), each held by a handle proven against the process table's
+    /// entry, so a reused pid is never among them. Not registered for exit
+    /// events: they are signalled, not waited for.
     pub extras: Vec<Member<H>>,
 }
 
@@ -138,6 +142,17 @@ impl<H> Binding<H> {
     /// The number of children still held.
     pub fn n_live_children(&self) -> usize {
         self.children.iter().filter(|c| c.is_some()).count()
+    }
+
+    /// The uid on whose behalf the binding signals, when that is not root
+    /// (or the daemon's own user, `admin`): every process it signals must
+    /// be one this uid could signal itself. `None` for the configuration's
+    /// bindings and root's.
+    pub fn deputy_for(&self, admin: u32) -> Option<u32> {
+        match self.origin {
+            Origin::Socket { uid } if uid != 0 && uid != admin => Some(uid),
+            _ => None,
+        }
     }
 }
 
@@ -316,6 +331,7 @@ mod tests {
             children: vec![None],
             phase: Phase::Armed,
             scope: None,
+            charged: 0,
         }
     }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
+use super::closer::Closer;
 use crate::protocol::{MAX_FDS, MAX_LINE};
 use crate::sys::{self, PeerCred};
 
@@ -28,9 +29,6 @@ pub const MAX_CONNECTIONS: usize = 256;
 
 /// A connection that sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The most response bytes queued for one client that does not read.
-const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
 
 /// The listening socket. Its file is removed when it is dropped, if it is
 /// still the one this daemon created.
@@ -163,38 +161,69 @@ fn prepare_dir(dir: &Path, root: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Why a request line is refused before it is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// A complete line within the limits.
+    Ok,
+    /// Longer than [`MAX_LINE`] (it was cut and skipped).
+    TooLong,
+    /// More descriptors than [`MAX_FDS`] came with it, or the kernel cut
+    /// the control data (some were dropped).
+    TooManyFds,
+    /// A descriptor other than a pidfd came with it (it was closed
+    /// off the loop, unread).
+    NotPidfd,
+    /// The input ended before its newline.
+    Incomplete,
+}
+
 /// A request line with the descriptors that came with it.
 #[derive(Debug)]
 pub struct Incoming {
     /// The line, without its newline.
     pub line: Vec<u8>,
-    /// Descriptors passed with it.
+    /// Pidfds passed with it (nothing else is ever kept).
     pub fds: Vec<OwnedFd>,
-    /// Whether the line was longer than [`MAX_LINE`] (then it is cut and
-    /// must be refused), or descriptors were lost.
-    pub oversized: bool,
-    /// Whether the input ended in the middle of this line (no newline
-    /// before the end of the stream): refused, never guessed at.
-    pub incomplete: bool,
+    /// Whether it may be parsed, or why it is refused unread.
+    pub framing: Framing,
 }
 
 /// One client connection.
+///
+/// What a client can make the daemon hold for it is bounded: its input is
+/// read only while no complete request waits to be handled and its queued
+/// answers are under [`OUTPUT_LOW_WATER`] (so a client that pipelines
+/// requests and never reads its answers stops being read, and the kernel's
+/// socket buffer pushes back on it), a line is at most [`MAX_LINE`] bytes,
+/// and a descriptor other than a pidfd is never kept: it goes to the
+/// closer, which closes it away from the loop.
 #[derive(Debug)]
 pub struct Conn {
     stream: UnixStream,
     /// Who is on the other end.
     pub peer: PeerCred,
+    /// Input not yet split into lines.
     rbuf: Vec<u8>,
+    /// Complete lines waiting to be handled (at most one read's worth).
+    lines: VecDeque<Incoming>,
+    /// Pidfds passed with the line being read.
     fds: Vec<OwnedFd>,
     /// Bytes of an oversized line still being skipped.
     skipping: bool,
-    fds_lost: bool,
+    /// Why the line being read is refused already, if it is.
+    refusal: Option<Framing>,
     wbuf: VecDeque<u8>,
     /// When it last sent something (for the idle timeout and eviction).
     pub last_active: Instant,
     /// Reading is over (end of stream or error); close once written.
     pub read_closed: bool,
+    /// Bytes of answers made for it that wait for the commit.
+    pub awaiting: usize,
 }
+
+/// Answers queued for one connection above which its requests wait.
+pub const OUTPUT_LOW_WATER: usize = 64 * 1024;
 
 impl Conn {
     /// Wraps an accepted stream; fails if the kernel cannot tell who it is.
@@ -204,12 +233,14 @@ impl Conn {
             stream,
             peer,
             rbuf: Vec::new(),
+            lines: VecDeque::new(),
             fds: Vec::new(),
             skipping: false,
-            fds_lost: false,
+            refusal: None,
             wbuf: VecDeque::new(),
             last_active: Instant::now(),
             read_closed: false,
+            awaiting: 0,
         })
     }
 
@@ -222,95 +253,125 @@ impl Conn {
         )
     }
 
-    /// Deregisters the connection.
-    pub fn deregister(&mut self, registry: &Registry) {
+    /// Deregisters the connection and gives up its socket, shut down so
+    /// the client can queue nothing more in it.
+    pub fn into_socket(mut self, registry: &Registry) -> OwnedFd {
         let _ = registry.deregister(&mut self.stream);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        // Descriptors of a line not finished: pidfds, whose close cannot
+        // block.
+        drop(std::mem::take(&mut self.fds));
+        OwnedFd::from(self.stream)
     }
 
-    /// Reads what is available and returns the complete lines. Never
-    /// blocks. mio is edge-triggered, so a reader must go on until
-    /// WouldBlock; to keep one flooding client from starving the others,
-    /// at most `budget` reads are made, and the second value says whether
-    /// input is left (the caller comes back to it after the others).
-    pub fn read_lines(&mut self, budget: usize) -> (Vec<Incoming>, bool) {
-        let mut lines = Vec::new();
+    /// The next complete line, if one was read.
+    pub fn next_line(&mut self) -> Option<Incoming> {
+        self.lines.pop_front()
+    }
+
+    /// Whether a complete line waits to be handled.
+    pub fn has_line(&self) -> bool {
+        !self.lines.is_empty()
+    }
+
+    /// Reads once, if it may: only while no complete line waits and the
+    /// queued answers are under [`OUTPUT_LOW_WATER`]. Never blocks.
+    /// Descriptors other than pidfds go to `closer`. Returns whether the
+    /// stream may hold more input (a read was made and was not the last).
+    pub fn read_once(&mut self, closer: &Closer) -> bool {
+        if self.read_closed || self.has_line() || self.wbuf.len() >= OUTPUT_LOW_WATER {
+            return false;
+        }
         let mut buf = [0u8; 16 * 1024];
-        for _ in 0..budget {
-            match sys::recv_with_fds(&self.stream, &mut buf, MAX_FDS) {
-                Ok((0, _, _)) => {
-                    self.read_closed = true;
-                    if !self.rbuf.is_empty() || self.skipping {
-                        self.rbuf.clear();
-                        self.skipping = false;
-                        lines.push(Incoming {
-                            line: Vec::new(),
-                            fds: std::mem::take(&mut self.fds),
-                            oversized: false,
-                            incomplete: true,
-                        });
+        loop {
+            match sys::recv_with_fds(&self.stream, &mut buf) {
+                Ok(received) => {
+                    let n = received.n;
+                    self.take_fds(received.fds, received.truncated, closer);
+                    if n == 0 {
+                        self.end_of_input();
+                        return false;
                     }
-                    return (lines, false);
-                }
-                Ok((n, fds, truncated)) => {
                     self.last_active = Instant::now();
-                    self.fds_lost |= truncated;
-                    for fd in fds {
-                        if self.fds.len() < MAX_FDS {
-                            self.fds.push(fd);
-                        } else {
-                            self.fds_lost = true;
-                        }
-                    }
-                    self.take_lines(buf.get(..n).unwrap_or_default(), &mut lines);
+                    self.take_lines(buf.get(..n).unwrap_or_default());
+                    return true;
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return (lines, false),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.read_closed = true;
-                    return (lines, false);
+                    return false;
                 }
             }
-            // Stop reading from a client whose answers pile up unread.
-            if self.wbuf.len() > MAX_PENDING_OUTPUT {
-                self.read_closed = true;
-                return (lines, false);
-            }
         }
-        (lines, true)
     }
 
-    fn take_lines(&mut self, mut data: &[u8], out: &mut Vec<Incoming>) {
+    /// Keeps the pidfds of a message (up to [`MAX_FDS`] a line) and hands
+    /// anything else to the closer: only a pidfd is known to close without
+    /// blocking.
+    fn take_fds(&mut self, fds: Vec<OwnedFd>, truncated: bool, closer: &Closer) {
+        if truncated {
+            self.refuse_line(Framing::TooManyFds);
+        }
+        for fd in fds {
+            if !sys::is_process_descriptor(&fd) {
+                closer.close(self.peer.uid, fd);
+                self.refuse_line(Framing::NotPidfd);
+            } else if self.fds.len() < MAX_FDS && self.refusal.is_none() {
+                self.fds.push(fd);
+            } else {
+                // A pidfd: closing it cannot block.
+                drop(fd);
+                self.refuse_line(Framing::TooManyFds);
+            }
+        }
+        if self.refusal.is_some() {
+            self.fds.clear();
+        }
+    }
+
+    fn refuse_line(&mut self, why: Framing) {
+        if self.refusal.is_none() {
+            self.refusal = Some(why);
+        }
+    }
+
+    fn end_of_input(&mut self) {
+        self.read_closed = true;
+        if !self.rbuf.is_empty() || self.skipping || self.refusal.is_some() {
+            self.rbuf.clear();
+            self.skipping = false;
+            self.refusal = None;
+            self.fds.clear();
+            self.lines.push_back(Incoming {
+                line: Vec::new(),
+                fds: Vec::new(),
+                framing: Framing::Incomplete,
+            });
+        }
+    }
+
+    fn take_lines(&mut self, mut data: &[u8]) {
         while let Some(pos) = data.iter().position(|&b| b == b'\n') {
             let (head, rest) = data.split_at(pos);
             data = rest.get(1..).unwrap_or_default();
-            if self.skipping {
-                // The end of an oversized line: refuse it now.
-                self.skipping = false;
-                out.push(Incoming {
-                    line: Vec::new(),
-                    fds: std::mem::take(&mut self.fds),
-                    oversized: true,
-                    incomplete: false,
-                });
-                continue;
-            }
-            if self.rbuf.len() + head.len() > MAX_LINE {
-                self.rbuf.clear();
-                out.push(Incoming {
-                    line: Vec::new(),
-                    fds: std::mem::take(&mut self.fds),
-                    oversized: true,
-                    incomplete: false,
-                });
-                continue;
-            }
+            let too_long = self.skipping || self.rbuf.len() + head.len() > MAX_LINE;
+            self.skipping = false;
             let mut line = std::mem::take(&mut self.rbuf);
-            line.extend_from_slice(head);
-            out.push(Incoming {
+            let framing = match self.refusal.take() {
+                Some(why) => why,
+                None if too_long => Framing::TooLong,
+                None => Framing::Ok,
+            };
+            if framing == Framing::Ok {
+                line.extend_from_slice(head);
+            } else {
+                line = Vec::new();
+            }
+            self.lines.push_back(Incoming {
                 line,
                 fds: std::mem::take(&mut self.fds),
-                oversized: std::mem::take(&mut self.fds_lost),
-                incomplete: false,
+                framing,
             });
         }
         if self.skipping {
@@ -346,11 +407,131 @@ impl Conn {
                 Err(_) => return false,
             }
         }
+        if self.wbuf.capacity() > OUTPUT_LOW_WATER {
+            self.wbuf.shrink_to(OUTPUT_LOW_WATER);
+        }
         true
     }
 
     /// Whether responses are still queued.
     pub fn has_output(&self) -> bool {
         !self.wbuf.is_empty()
+    }
+
+    /// Bytes of responses queued.
+    pub fn output_len(&self) -> usize {
+        self.wbuf.len()
+    }
+}
+
+/// Closes a connection's socket: at once if nothing waits unread in it
+/// (then its last close cannot block), else through the closer, since
+/// descriptors queued in it would be closed with it.
+pub fn close_socket(socket: OwnedFd, uid: u32, closer: &Closer) {
+    match sys::pending_input(&socket) {
+        Ok(0) => drop(socket),
+        _ => closer.close(uid, socket),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn_pair() -> (Conn, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (Conn::new(UnixStream::from_std(a)).unwrap(), b)
+    }
+
+    fn closer() -> (mio::Poll, Closer) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), Token(1)).unwrap();
+        (poll, Closer::new(waker))
+    }
+
+    fn framings(conn: &mut Conn, closer: &Closer) -> Vec<(Framing, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            while let Some(incoming) = conn.next_line() {
+                out.push((incoming.framing, incoming.line));
+            }
+            if !conn.read_once(closer) && !conn.has_line() {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn lines_are_split_and_limits_enforced() {
+        let (_poll, closer) = closer();
+        let (mut conn, mut peer) = conn_pair();
+        peer.write_all(b"one\ntwo\n").unwrap();
+        let mut long = vec![b'x'; MAX_LINE + 10];
+        long.push(b'\n');
+        peer.write_all(&long).unwrap();
+        peer.write_all(b"three\npartial").unwrap();
+        drop(peer);
+        let got = framings(&mut conn, &closer);
+        assert_eq!(
+            got,
+            vec![
+                (Framing::Ok, b"one".to_vec()),
+                (Framing::Ok, b"two".to_vec()),
+                (Framing::TooLong, Vec::new()),
+                (Framing::Ok, b"three".to_vec()),
+                (Framing::Incomplete, Vec::new()),
+            ]
+        );
+        assert!(conn.read_closed);
+    }
+
+    #[test]
+    fn a_waiting_line_stops_reading() {
+        let (_poll, closer) = closer();
+        let (mut conn, mut peer) = conn_pair();
+        peer.write_all(b"a\n").unwrap();
+        assert!(conn.read_once(&closer));
+        peer.write_all(b"b\n").unwrap();
+        // "a" is not handled yet: nothing more is read.
+        assert!(!conn.read_once(&closer));
+        assert_eq!(conn.next_line().unwrap().line, b"a");
+        assert!(conn.read_once(&closer));
+        assert_eq!(conn.next_line().unwrap().line, b"b");
+    }
+
+    #[test]
+    fn queued_answers_stop_reading() {
+        let (_poll, closer) = closer();
+        let (mut conn, mut peer) = conn_pair();
+        conn.queue(&vec![b'r'; OUTPUT_LOW_WATER]);
+        peer.write_all(b"list\n").unwrap();
+        assert!(!conn.read_once(&closer));
+        assert!(!conn.has_line());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_pidfds_are_kept() {
+        use std::os::fd::AsFd;
+        let (_poll, closer) = closer();
+        let (mut conn, peer) = conn_pair();
+        let pidfd = sys::process_descriptor(i32::try_from(std::process::id()).unwrap())
+            .unwrap()
+            .unwrap();
+        sys::send_with_fds(&peer, b"ok\n", &[pidfd.as_fd()]).unwrap();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        sys::send_with_fds(&peer, b"pipe\n", &[r.as_fd()]).unwrap();
+        let fds: Vec<_> = (0..MAX_FDS + 1).map(|_| pidfd.as_fd()).collect();
+        sys::send_with_fds(&peer, b"many\n", &fds).unwrap();
+        assert!(conn.read_once(&closer));
+        let first = conn.next_line().unwrap();
+        assert_eq!((first.framing, first.fds.len()), (Framing::Ok, 1));
+        assert!(conn.read_once(&closer));
+        let second = conn.next_line().unwrap();
+        assert_eq!((second.framing, second.fds.len()), (Framing::NotPidfd, 0));
+        assert!(conn.read_once(&closer));
+        let third = conn.next_line().unwrap();
+        assert_eq!((third.framing, third.fds.len()), (Framing::TooManyFds, 0));
     }
 }

@@ -16,6 +16,8 @@
 //! loop; only a failure of the loop itself (`epoll_wait`) ends `run`.
 
 mod bindings;
+mod budget;
+mod closer;
 mod control;
 mod requests;
 mod state;
@@ -52,8 +54,10 @@ const SIGNAL_TOKEN: Token = Token(RESERVED_TOKENS);
 const LISTENER_TOKEN: Token = Token(RESERVED_TOKENS + 1);
 /// The token of the watch backend's own event source, if it has one.
 const BACKEND_TOKEN: Token = Token(RESERVED_TOKENS + 2);
+/// The token the closer wakes the loop with (see `closer`).
+const WAKER_TOKEN: Token = Token(RESERVED_TOKENS + 3);
 /// Connection `i` has token `CONN_TOKENS + i`.
-const CONN_TOKENS: usize = RESERVED_TOKENS + 3;
+const CONN_TOKENS: usize = RESERVED_TOKENS + 4;
 
 /// Descriptors kept aside for the daemon's own use (logs, state file,
 /// epoll, the signal pipe, later the control socket) when estimating how
@@ -187,8 +191,16 @@ pub struct Daemon<B: Backend> {
     backlog: Vec<usize>,
     /// Responses waiting for the commit at the end of the iteration.
     replies: Vec<requests::Reply>,
-    /// Why the last binding was refused at insertion, for a socket client.
-    last_refusal: Option<String>,
+    /// Connections held back while all answers together are over the
+    /// bound; served again when it falls.
+    waiting: Vec<usize>,
+    /// Connections held back while their uid's closer lane is long;
+    /// served again when the closer wakes the loop.
+    throttled: Vec<usize>,
+    /// Closes what clients passed or owned, off the loop.
+    closer: closer::Closer,
+    /// What each uid holds.
+    budget: budget::Budget,
     started: Instant,
     fd_limit: u64,
     /// `[daemon] backend` and `poll_interval` as last loaded, to warn
@@ -240,6 +252,8 @@ impl<B: Backend> Daemon<B> {
             )
         })?;
         control.register(poll.registry(), LISTENER_TOKEN)?;
+        let closer = closer::Closer::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let budget = budget::Budget::new(fd_limit, config.daemon.max_bindings_per_uid);
         let mut daemon = Daemon {
             poll,
             events: Events::with_capacity(1024),
@@ -259,7 +273,10 @@ impl<B: Backend> Daemon<B> {
             conns: Vec::new(),
             backlog: Vec::new(),
             replies: Vec::new(),
-            last_refusal: None,
+            waiting: Vec::new(),
+            throttled: Vec::new(),
+            closer,
+            budget,
             started: Instant::now(),
             fd_limit,
             watch_settings: (config.daemon.backend, config.daemon.poll_interval),
@@ -325,6 +342,8 @@ impl<B: Backend> Daemon<B> {
                     }
                 } else if token == LISTENER_TOKEN {
                     self.accept();
+                } else if token == WAKER_TOKEN {
+                    self.closer_event();
                 } else if token.0 >= CONN_TOKENS {
                     self.conn_event(token.0 - CONN_TOKENS);
                 } else {
@@ -478,6 +497,8 @@ impl<B: Backend> Daemon<B> {
         }
         self.defaults = config.defaults;
         self.max_per_uid = config.daemon.max_bindings_per_uid;
+        self.budget
+            .set_limits(self.fd_limit, config.daemon.max_bindings_per_uid);
         if let Some(socket) = &config.daemon.socket {
             if self.options.socket_path.is_none() && socket != self.control.path() {
                 warn!(
@@ -774,10 +795,12 @@ impl<B: Backend> Daemon<B> {
             }
         }
         self.insert(spec, origin, public_id, parent, children, &label)
+            .ok()
     }
 
     /// Stores a binding whose processes are open and proven, registers them
-    /// and acts at once if the parent is already gone.
+    /// and acts at once if the parent is already gone. A refusal is logged
+    /// and returned (for a socket client).
     fn insert(
         &mut self,
         spec: Rc<BindingSpec>,
@@ -786,7 +809,7 @@ impl<B: Backend> Daemon<B> {
         parent: Option<Member<B::Handle>>,
         children: Vec<Option<Member<B::Handle>>>,
         label: &str,
-    ) -> Option<BindingId> {
+    ) -> Result<BindingId, String> {
         let scope = match spec.kill {
             KillMode::Process => None,
             KillMode::Tree => Some(Box::new(Scope {
@@ -800,11 +823,11 @@ impl<B: Backend> Daemon<B> {
                 })),
                 Err(why) => {
                     error!("{label}: {why}; binding not held");
-                    self.last_refusal = Some(why);
-                    return None;
+                    return Err(why);
                 }
             },
         };
+        let charged = usize::from(parent.is_some()) + children.iter().flatten().count();
         let binding = Binding {
             id: public_id,
             origin,
@@ -813,25 +836,28 @@ impl<B: Backend> Daemon<B> {
             children,
             phase: Phase::Armed,
             scope,
+            charged,
         };
+        let budget_uid = Self::budget_uid(origin);
         let Some(id) = self.bindings.insert(binding) else {
-            error!(
-                "{label}: the daemon holds as many bindings as it can address; binding not held"
-            );
-            return None;
+            let why = "the daemon holds as many bindings as it can address".to_string();
+            error!("{label}: {why}; binding not held");
+            return Err(why);
         };
+        self.budget.charge(budget_uid, charged);
         if let Err(err) = self.register_members(id) {
-            error!("{label}: cannot register with the event loop: {err}; binding not held");
+            let why = format!("cannot register with the event loop: {err}");
+            error!("{label}: {why}; binding not held");
             self.remove(id, "registration failed");
-            return None;
+            return Err(why);
         }
         if matches!(origin, Origin::Socket { .. }) {
             self.ids.insert(public_id, id);
-        }
-        if matches!(origin, Origin::Socket { .. }) {
             self.state_dirty.mark(Dirty::Durable);
         }
-        let binding = self.bindings.get_mut(id)?;
+        let Some(binding) = self.bindings.get_mut(id) else {
+            return Ok(id);
+        };
         if binding.n_live_children() == 0 {
             info!("{label}: no bound child is running; nothing to do");
             self.finish(id);
@@ -843,8 +869,23 @@ impl<B: Backend> Daemon<B> {
                 binding.spec.parent.pid,
                 binding.n_live_children()
             );
+            // A group is the captive: hold the members it has now, so that
+            // it is still covered (and its identity proven) after the
+            // bound child exits.
+            if binding.spec.kill == KillMode::Group {
+                self.collect(id);
+            }
         }
-        Some(id)
+        Ok(id)
+    }
+
+    /// The uid a binding's processes are counted against: 0 for root, the
+    /// daemon's own user and the configuration.
+    fn budget_uid(origin: Origin) -> u32 {
+        match origin {
+            Origin::Socket { uid } if uid != nix::unistd::geteuid().as_raw() => uid,
+            _ => 0,
+        }
     }
 
     fn register_members(&mut self, id: BindingId) -> io::Result<()> {
@@ -873,7 +914,7 @@ impl<B: Backend> Daemon<B> {
         &self,
         parent: Option<&Member<B::Handle>>,
         children: &[Option<Member<B::Handle>>],
-    ) -> Result<Vec<i32>, String> {
+    ) -> Result<Vec<Option<i32>>, String> {
         let own = nix::unistd::getpgrp().as_raw();
         let init_group = self.watcher.init_group();
         let parent_group = match parent {
@@ -887,14 +928,14 @@ impl<B: Backend> Daemon<B> {
         let mut groups = Vec::with_capacity(children.len());
         for child in children {
             let Some(child) = child else {
-                groups.push(0);
+                groups.push(None);
                 continue;
             };
             let entry = self.watcher.entry(child.pid, &child.handle).map_err(|e| {
                 format!("cannot read the process group of child {}: {e}", child.pid)
             })?;
             let Some(entry) = entry else {
-                groups.push(0);
+                groups.push(None);
                 continue;
             };
             let group = entry.pgid;
@@ -914,32 +955,40 @@ impl<B: Backend> Daemon<B> {
                     "kill = \"group\": child {pid} shares process group {group} with its parent, so the captive has no group of its own (use kill = \"tree\")"
                 ));
             }
-            groups.push(group);
+            groups.push(Some(group));
         }
         Ok(groups)
     }
 
     /// Widens a group or tree binding: finds the members it does not hold
     /// yet in the process table, opens each and proves it against the
-    /// entry it was found by, and holds it. Returns the index in `extras`
-    /// from which members are new.
+    /// entry it was found by, and holds it (within the owner's budget).
+    /// Returns the index in `extras` from which members are new (the
+    /// length of `extras` if nothing could be found).
     fn collect(&mut self, id: BindingId) -> usize {
+        let n_extras = |d: &Self| {
+            d.bindings
+                .get(id)
+                .and_then(|b| b.scope.as_ref())
+                .map_or(0, |s| s.extras.len())
+        };
+        let first_new = n_extras(self);
         let table = match self.watcher.process_table() {
             Ok(table) => table,
             Err(err) => {
                 error!("cannot read the process table: {err}; signalling only what is held");
-                return usize::MAX;
+                return first_new;
             }
         };
-        let Some(binding) = self.bindings.get_mut(id) else {
-            return usize::MAX;
+        let Some(binding) = self.bindings.get(id) else {
+            return first_new;
         };
         let label = binding.label();
         let mode = binding.spec.kill;
-        let Some(scope) = binding.scope.as_mut() else {
-            return usize::MAX;
+        let budget_uid = Self::budget_uid(binding.origin);
+        let Some(scope) = binding.scope.as_ref() else {
+            return first_new;
         };
-        let first_new = scope.extras.len();
         let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         // Who is held and alive now: the roots of the search.
         let held: Vec<(i32, &B::Handle)> = binding
@@ -950,32 +999,41 @@ impl<B: Backend> Daemon<B> {
             .filter(|m| !self.watcher.has_exited(&m.handle))
             .map(|m| (m.pid.get(), &m.handle))
             .collect();
-        let mut found: Vec<(ProcEntry, i32)> = Vec::new();
+        let held_pids: HashSet<i32> = binding
+            .children
+            .iter()
+            .flatten()
+            .chain(scope.extras.iter())
+            .map(|m| m.pid.get())
+            .collect();
+        let mut found: Vec<(ProcEntry, Option<i32>)> = Vec::new();
         match mode {
             KillMode::Process => {}
             KillMode::Tree => {
                 // Breadth first from every held process: a process whose
                 // parent is held and alive is that process's child, since a
                 // held pid cannot be reused.
+                let mut children_of: HashMap<i32, Vec<&ProcEntry>> = HashMap::new();
+                for e in &table {
+                    children_of.entry(e.ppid).or_default().push(e);
+                }
                 let mut frontier: Vec<i32> = held.iter().map(|(pid, _)| *pid).collect();
                 let mut seen: HashSet<i32> = frontier.iter().copied().collect();
-                while !frontier.is_empty() {
-                    let mut next = Vec::new();
-                    for e in table.iter().filter(|e| frontier.contains(&e.ppid)) {
+                while let Some(pid) = frontier.pop() {
+                    for e in children_of.get(&pid).into_iter().flatten() {
                         if e.pid > 1 && e.pid != me && seen.insert(e.pid) {
-                            found.push((*e, 0));
-                            next.push(e.pid);
+                            if !held_pids.contains(&e.pid) {
+                                found.push((**e, None));
+                            }
+                            frontier.push(e.pid);
                         }
                     }
-                    frontier = next;
                 }
             }
             KillMode::Group => {
-                let mut groups: Vec<i32> =
-                    scope.groups.iter().copied().filter(|&g| g > 1).collect();
+                let mut groups: Vec<i32> = scope.groups.iter().flatten().copied().collect();
                 groups.sort_unstable();
                 groups.dedup();
-                let held_pids: Vec<i32> = held.iter().map(|(pid, _)| *pid).collect();
                 for group in groups {
                     // The group id means the recorded group only while the
                     // group was never empty: prove it by a held, living member.
@@ -987,34 +1045,46 @@ impl<B: Backend> Daemon<B> {
                     });
                     if !proven {
                         warn!(
-                            "{label}: process group {group} not signalled: no process known to be in it since the binding was made is left, so the id may have been reused"
+                            "{label}: process group {group} not covered: no process known to be in it since the binding was made is left, so the id may have been reused"
                         );
                         continue;
                     }
                     for e in table.iter().filter(|e| e.pgid == group) {
                         if e.pid > 1 && e.pid != me && !held_pids.contains(&e.pid) {
-                            found.push((*e, group));
+                            found.push((*e, Some(group)));
                         }
                     }
                 }
             }
         }
+        let room = self.budget.room(budget_uid);
         let mut proven_members = Vec::new();
+        let mut not_held: Vec<String> = Vec::new();
         for (candidate, group) in found {
             let Ok(pid) = Pid::try_from(i64::from(candidate.pid)) else {
                 continue;
             };
-            let Ok((handle, _)) = self.watcher.open(pid) else {
+            if proven_members.len() >= room {
+                not_held.push(format!("{pid} (the budget of its uid is used up)"));
                 continue;
+            }
+            let handle = match self.watcher.open(pid) {
+                Ok((handle, _)) => handle,
+                // Exited since the table was read: nothing to signal.
+                Err(OpenError::Gone) => continue,
+                Err(err) => {
+                    not_held.push(format!("{pid} ({err})"));
+                    continue;
+                }
             };
             // The pid might have been reused between the table and the open:
             // keep only the process the table showed.
             let same = match self.watcher.entry(pid, &handle) {
                 Ok(Some(now)) => {
                     now.start == candidate.start
-                        && match mode {
-                            KillMode::Group => now.pgid == group,
-                            _ => now.ppid == candidate.ppid,
+                        && match group {
+                            Some(group) => now.pgid == group,
+                            None => now.ppid == candidate.ppid,
                         }
                 }
                 _ => false,
@@ -1023,35 +1093,56 @@ impl<B: Backend> Daemon<B> {
                 proven_members.push(Member { pid, handle });
             }
         }
-        if let Some(scope) = self.bindings.get_mut(id).and_then(|b| b.scope.as_mut()) {
-            scope.extras.extend(proven_members);
+        if !not_held.is_empty() {
+            let what = if mode == KillMode::Group {
+                "group members"
+            } else {
+                "descendants"
+            };
+            error!(
+                "{label}: {} {what} cannot be held and will not be signalled: {}",
+                not_held.len(),
+                not_held.join(", ")
+            );
+        }
+        let n_new = proven_members.len();
+        if let Some(binding) = self.bindings.get_mut(id) {
+            if let Some(scope) = binding.scope.as_mut() {
+                scope.extras.extend(proven_members);
+                binding.charged += n_new;
+                self.budget.charge(budget_uid, n_new);
+            }
         }
         first_new
     }
 
-    /// Signals the members of a group or tree binding from index `from`
-    /// on (those still alive).
-    fn signal_extras(&mut self, id: BindingId, from: usize, sig: Signal) {
-        let Some(binding) = self.bindings.get_mut(id) else {
-            return;
-        };
-        let label = binding.label();
-        let what = match binding.spec.kill {
-            KillMode::Group => "group member",
-            _ => "descendant",
-        };
-        let Some(scope) = binding.scope.as_mut() else {
-            return;
-        };
-        for member in scope.extras.iter().skip(from) {
-            if self.watcher.has_exited(&member.handle) {
-                continue;
+    /// Signals one member of a binding, through its handle, if the
+    /// binding may have it signalled: a binding made by a user other than
+    /// root signals only processes that user could signal itself, proven
+    /// after the handle is held and just before the signal (a process can
+    /// change owner by a set-id exec, or be adopted into a subreaper's
+    /// tree or a shared session's group). Never blocks.
+    fn deliver(
+        watcher: &B,
+        deputy_for: Option<u32>,
+        member: &Member<B::Handle>,
+        sig: Signal,
+    ) -> Outcome {
+        if watcher.has_exited(&member.handle) {
+            return Outcome::Exited;
+        }
+        if let Some(uid) = deputy_for {
+            match watcher.owner(member.pid, &member.handle) {
+                Ok(Some(owner)) if owner.plainly_owned_by(uid) => {}
+                Ok(Some(owner)) => return Outcome::Refused(owner.refusal(uid)),
+                Ok(None) => return Outcome::Exited,
+                Err(err) => return Outcome::Refused(format!("its owner cannot be read ({err})")),
             }
-            match self.watcher.signal(&member.handle, sig) {
-                Ok(Delivery::Sent) => info!("{label}: sent {sig} to {what} {}", member.pid),
-                Ok(Delivery::Gone) => {}
-                Err(err) => error!("{label}: cannot send {sig} to {what} {}: {err}", member.pid),
-            }
+        }
+        match watcher.signal(&member.handle, sig) {
+            Ok(Delivery::Sent) => Outcome::Sent,
+            Ok(Delivery::Gone) => Outcome::Gone,
+            Err(err) => Outcome::Failed(err),
         }
     }
 
@@ -1062,6 +1153,38 @@ impl<B: Backend> Daemon<B> {
             .get(id)
             .and_then(|b| b.scope.as_ref())
             .is_some_and(|s| s.extras.iter().any(|m| !self.watcher.has_exited(&m.handle)))
+    }
+
+    /// Signals the members of a group or tree binding from index `from`
+    /// on (those still alive).
+    fn signal_extras(&mut self, id: BindingId, from: usize, sig: Signal) {
+        let admin = nix::unistd::geteuid().as_raw();
+        let Some(binding) = self.bindings.get_mut(id) else {
+            return;
+        };
+        let label = binding.label();
+        let deputy_for = binding.deputy_for(admin);
+        let what = match binding.spec.kill {
+            KillMode::Group => "group member",
+            _ => "descendant",
+        };
+        let Some(scope) = binding.scope.as_mut() else {
+            return;
+        };
+        for member in scope.extras.iter().skip(from) {
+            match Self::deliver(&self.watcher, deputy_for, member, sig) {
+                Outcome::Sent => info!("{label}: sent {sig} to {what} {}", member.pid),
+                Outcome::Exited | Outcome::Gone => {}
+                Outcome::Refused(why) => warn!(
+                    "{label}: {what} {} not signalled: {why}, and uid {} may not signal it",
+                    member.pid,
+                    deputy_for.unwrap_or(0)
+                ),
+                Outcome::Failed(err) => {
+                    error!("{label}: cannot send {sig} to {what} {}: {err}", member.pid)
+                }
+            }
+        }
     }
 
     /// Opens the process of `spec` and proves it is the bound one: its
@@ -1170,16 +1293,45 @@ impl<B: Backend> Daemon<B> {
                     let _ = self.watcher.deregister(self.poll.registry(), &child.handle);
                 }
                 let remaining = binding.n_live_children();
-                match binding.phase {
+                let phase = binding.phase;
+                let group = binding.spec.kill == KillMode::Group;
+                match phase {
                     Phase::Armed => {
-                        debug!("{label}: child {pid} exited before the parent ({remaining} left)")
+                        // A captive that daemonized (forked and let its
+                        // first process exit) escapes a process binding:
+                        // say so where an administrator looks.
+                        info!(
+                            "{label}: child {pid} exited before the parent; {remaining} bound children left"
+                        )
                     }
                     Phase::Signalled { .. } | Phase::Killed => info!("{label}: child {pid} exited"),
                     Phase::Done => {}
                 }
-                let escalation_pending =
-                    matches!(binding.phase, Phase::Signalled { deadline: Some(_) });
-                if remaining == 0 && !(escalation_pending && self.has_live_extras(id)) {
+                if remaining > 0 {
+                    return;
+                }
+                // A group is the captive: it stays covered while a member
+                // held since the binding was made (or found now, proven by
+                // such a member) lives.
+                if phase == Phase::Armed && group {
+                    self.collect(id);
+                    if self.has_live_extras(id) {
+                        if let Some(binding) = self.bindings.get(id) {
+                            let n = binding.scope.as_ref().map_or(0, |s| {
+                                s.extras
+                                    .iter()
+                                    .filter(|m| !self.watcher.has_exited(&m.handle))
+                                    .count()
+                            });
+                            info!(
+                                "{label}: its process group lives on in {n} processes, which stay bound to the parent"
+                            );
+                        }
+                        return;
+                    }
+                }
+                let escalation_pending = matches!(phase, Phase::Signalled { deadline: Some(_) });
+                if !(escalation_pending && self.has_live_extras(id)) {
                     self.finish(id);
                 }
             }
@@ -1189,30 +1341,37 @@ impl<B: Backend> Daemon<B> {
     /// The parent is gone: signal every child still running and arm the
     /// escalation deadline.
     fn fire(&mut self, id: BindingId) {
+        let admin = nix::unistd::geteuid().as_raw();
         // Group and tree: the snapshot is taken before the first signal,
         // while the tree is whole (a child killed first would orphan its
         // descendants, which could then no longer be found from it).
         let has_scope = self.bindings.get(id).is_some_and(|b| b.scope.is_some());
-        let snapshot = has_scope.then(|| self.collect(id));
+        let snapshot = has_scope.then(|| {
+            // Members held since bind time (groups) are signalled too.
+            if self
+                .bindings
+                .get(id)
+                .is_some_and(|b| b.spec.kill == KillMode::Group)
+            {
+                self.collect(id);
+                0
+            } else {
+                self.collect(id)
+            }
+        });
         let Some(binding) = self.bindings.get_mut(id) else {
             return;
         };
         let sig = binding.spec.signal;
+        let deputy_for = binding.deputy_for(admin);
         // Signal first; bookkeeping and logging wait until every child has
         // had its signal, so they add nothing to the delay.
-        let mut outcomes: Vec<(usize, Option<io::Result<Delivery>>)> =
-            Vec::with_capacity(binding.children.len());
+        let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(binding.children.len());
         for (idx, slot) in binding.children.iter().enumerate() {
             let Some(child) = slot else {
                 continue;
             };
-            // A child that has already exited (a zombie, say) needs nothing;
-            // its own exit event may or may not be queued behind this one.
-            if self.watcher.has_exited(&child.handle) {
-                outcomes.push((idx, None));
-                continue;
-            }
-            outcomes.push((idx, Some(self.watcher.signal(&child.handle, sig))));
+            outcomes.push((idx, Self::deliver(&self.watcher, deputy_for, child, sig)));
         }
         if let Some(parent) = binding.parent.take() {
             let _ = self
@@ -1229,18 +1388,27 @@ impl<B: Backend> Daemon<B> {
                 continue;
             };
             match outcome {
-                None => {
+                // A child that has already exited (a zombie, say) needs
+                // nothing; its own exit event may be queued behind this one.
+                Outcome::Exited => {
                     debug!("{label}: child {pid} had already exited");
                     release(&mut self.watcher, &self.poll, slot);
                 }
-                Some(Ok(Delivery::Sent)) => {
+                Outcome::Sent => {
                     info!("{label}: parent {parent_pid} exited; sent {sig} to child {pid}")
                 }
-                Some(Ok(Delivery::Gone)) => {
+                Outcome::Gone => {
                     info!("{label}: child {pid} already gone, not signalled");
                     release(&mut self.watcher, &self.poll, slot);
                 }
-                Some(Err(err)) => error!("{label}: cannot send {sig} to child {pid}: {err}"),
+                Outcome::Refused(why) => {
+                    warn!(
+                        "{label}: parent {parent_pid} exited; child {pid} not signalled: {why}, and uid {} may not signal it",
+                        deputy_for.unwrap_or(0)
+                    );
+                    release(&mut self.watcher, &self.poll, slot);
+                }
+                Outcome::Failed(err) => error!("{label}: cannot send {sig} to child {pid}: {err}"),
             }
         }
         // Group and tree: then the rest of the snapshot.
@@ -1272,6 +1440,7 @@ impl<B: Backend> Daemon<B> {
 
     /// Sends SIGKILL to the children of every binding whose grace is over.
     fn run_due_timers(&mut self) {
+        let admin = nix::unistd::geteuid().as_raw();
         let now = Instant::now();
         while let Some(Reverse((deadline, id))) = self.timers.peek().copied() {
             if deadline > now {
@@ -1304,24 +1473,31 @@ impl<B: Backend> Daemon<B> {
             };
             let label = binding.label();
             let grace = binding.spec.grace;
+            let deputy_for = binding.deputy_for(admin);
             for slot in binding.children.iter_mut() {
                 let Some(child) = slot else {
                     continue;
                 };
                 // Never SIGKILL a child whose exit is already known: it is
                 // dead, and only its parent's reaping is pending.
-                if self.watcher.has_exited(&child.handle) {
-                    continue;
-                }
-                match self.watcher.signal(&child.handle, Signal::KILL) {
-                    Ok(Delivery::Sent) => info!(
+                match Self::deliver(&self.watcher, deputy_for, child, Signal::KILL) {
+                    Outcome::Exited => {}
+                    Outcome::Sent => info!(
                         "{label}: grace {grace} over; sent SIGKILL to child {}",
                         child.pid
                     ),
-                    Ok(Delivery::Gone) => {
+                    Outcome::Gone => {
                         release(&mut self.watcher, &self.poll, slot);
                     }
-                    Err(err) => {
+                    Outcome::Refused(why) => {
+                        warn!(
+                            "{label}: grace {grace} over; child {} not killed: {why}, and uid {} may not signal it",
+                            child.pid,
+                            deputy_for.unwrap_or(0)
+                        );
+                        release(&mut self.watcher, &self.poll, slot);
+                    }
+                    Outcome::Failed(err) => {
                         error!("{label}: cannot send SIGKILL to child {}: {err}", child.pid)
                     }
                 }
@@ -1355,9 +1531,15 @@ impl<B: Backend> Daemon<B> {
         for slot in binding.children.iter_mut() {
             release(&mut self.watcher, &self.poll, slot);
         }
+        if let Some(scope) = binding.scope.as_mut() {
+            scope.extras = Vec::new();
+        }
         debug!("{}: done", binding.label());
         binding.phase = Phase::Done;
         binding.children = Vec::new();
+        let charged = std::mem::take(&mut binding.charged);
+        let uid = Self::budget_uid(binding.origin);
+        self.budget.release(uid, charged);
     }
 
     /// Drops a binding entirely, cancelling any pending escalation.
@@ -1386,6 +1568,8 @@ impl<B: Backend> Daemon<B> {
         for slot in binding.children.iter_mut() {
             release(&mut self.watcher, &self.poll, slot);
         }
+        let uid = Self::budget_uid(binding.origin);
+        self.budget.release(uid, binding.charged);
         if self
             .ids
             .get(&binding.id)
@@ -1400,6 +1584,20 @@ impl<B: Backend> Daemon<B> {
             self.state_dirty.mark(Dirty::Lazy);
         }
     }
+}
+
+/// What became of one signal a binding meant to send.
+enum Outcome {
+    /// The process had exited already (a zombie): nothing was sent.
+    Exited,
+    /// The kernel accepted the signal.
+    Sent,
+    /// The process was reaped: nothing was signalled.
+    Gone,
+    /// Not sent: the binding's owner may not signal the process (why).
+    Refused(String),
+    /// The kernel refused it.
+    Failed(io::Error),
 }
 
 /// How urgently the state file must be written.

@@ -14,26 +14,37 @@ use log::{debug, info, warn};
 use mio::Token;
 
 use super::bindings::{Member, MAX_CHILDREN};
-use super::control::{Conn, IDLE_TIMEOUT, MAX_CONNECTIONS};
+use super::closer::CLOSE_QUEUE_PER_UID;
+use super::control::{
+    self, Conn, Framing, Incoming, IDLE_TIMEOUT, MAX_CONNECTIONS, OUTPUT_LOW_WATER,
+};
 use super::{Daemon, Origin, Phase, Proven, CONN_TOKENS};
 use crate::config::{parse_duration, parse_kill, parse_signal, BindingSpec, Pid, ProcSpec};
 use crate::protocol::{
-    BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo, MAX_LINE,
+    BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo, MAX_FDS, MAX_LINE,
 };
 use crate::sys::PeerCred;
 use crate::watch::{Backend, Identity};
 
-/// How a refusal for a parent already gone starts (see `code`).
-const PARENT_GONE: &str = "the parent";
+/// Requests handled for one connection per turn before the others get
+/// theirs.
+const REQUESTS_PER_TURN: usize = 64;
 
-/// Bytes read from one connection per wakeup before the others get a turn.
-const READ_BUDGET_LINES: usize = 64;
+/// Connections one uid other than root (or the daemon's own) may hold open;
+/// at the cap, its idlest is closed to admit a new one.
+pub const MAX_CONNECTIONS_PER_UID: usize = 32;
+
+/// Answers queued over all connections above which requests of uids
+/// other than root and the daemon's own wait.
+const OUTPUT_TOTAL: usize = 16 * 1024 * 1024;
 
 /// An answer waiting for the commit.
 #[derive(Debug)]
 pub(super) struct Reply {
     conn: usize,
-    response: Response,
+    /// The answer, encoded (its size counts against the connection's
+    /// output bound from the moment it is made).
+    line: Vec<u8>,
     /// What this answer acknowledges, which must be on disk first.
     durable: Ack,
 }
@@ -70,8 +81,20 @@ impl<B: Backend> Daemon<B> {
                     continue;
                 }
             };
+            let uid = conn.peer.uid;
+            if !Self::is_admin(&conn.peer) {
+                let n_uid = self
+                    .conns
+                    .iter()
+                    .flatten()
+                    .filter(|c| c.peer.uid == uid)
+                    .count();
+                if n_uid >= MAX_CONNECTIONS_PER_UID {
+                    self.evict_idlest(Some(uid));
+                }
+            }
             if self.conns.iter().flatten().count() >= MAX_CONNECTIONS {
-                self.evict_idlest();
+                self.evict_idlest(None);
             }
             let idx = match self.conns.iter().position(Option::is_none) {
                 Some(idx) => idx,
@@ -82,6 +105,8 @@ impl<B: Backend> Daemon<B> {
             };
             if let Err(err) = conn.register(self.poll.registry(), Token(CONN_TOKENS + idx)) {
                 warn!("control socket: cannot register a connection: {err}");
+                let socket = conn.into_socket(self.poll.registry());
+                control::close_socket(socket, uid, &self.closer);
                 continue;
             }
             debug!(
@@ -97,33 +122,45 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    /// Closes the connection idle the longest, to admit a new one.
-    fn evict_idlest(&mut self) {
+    /// Closes the connection idle the longest (of `uid`, or of anyone),
+    /// to admit a new one.
+    fn evict_idlest(&mut self, uid: Option<u32>) {
         let idlest = self
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(idx, c)| c.as_ref().map(|c| (idx, c.last_active)))
-            .min_by_key(|(_, at)| *at)
+            .filter_map(|(idx, c)| c.as_ref().map(|c| (idx, c)))
+            .filter(|(_, c)| uid.map_or(true, |uid| c.peer.uid == uid))
+            .min_by_key(|(_, c)| c.last_active)
             .map(|(idx, _)| idx);
         if let Some(idx) = idlest {
             if let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) {
-                warn!(
-                    "control socket: {MAX_CONNECTIONS} connections open; closing the idlest (uid {} pid {}) to admit a new one",
-                    conn.peer.uid,
-                    peer_pid(&conn.peer)
-                );
+                match uid {
+                    Some(uid) => warn!(
+                        "control socket: uid {uid} has {MAX_CONNECTIONS_PER_UID} connections open; closing its idlest (pid {}) to admit a new one",
+                        peer_pid(&conn.peer)
+                    ),
+                    None => warn!(
+                        "control socket: {MAX_CONNECTIONS} connections open; closing the idlest (uid {} pid {}) to admit a new one",
+                        conn.peer.uid,
+                        peer_pid(&conn.peer)
+                    ),
+                }
             }
             self.close_conn(idx);
         }
     }
 
     fn close_conn(&mut self, idx: usize) {
-        if let Some(mut conn) = self.conns.get_mut(idx).and_then(Option::take) {
-            conn.deregister(self.poll.registry());
+        if let Some(conn) = self.conns.get_mut(idx).and_then(Option::take) {
+            let uid = conn.peer.uid;
+            let socket = conn.into_socket(self.poll.registry());
+            control::close_socket(socket, uid, &self.closer);
             debug!("connection {idx} closed");
         }
         self.replies.retain(|r| r.conn != idx);
+        self.waiting.retain(|&w| w != idx);
+        self.throttled.retain(|&w| w != idx);
     }
 
     /// Closes connections that have been silent for [`IDLE_TIMEOUT`].
@@ -145,47 +182,132 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    /// Reads and handles what a connection sent; writes what it can.
+    /// The closer drained a lane the loop waited on: serve the
+    /// connections held back for it again.
+    pub(super) fn closer_event(&mut self) {
+        let throttled = std::mem::take(&mut self.throttled);
+        self.backlog.extend(throttled);
+    }
+
+    /// Answers queued or awaiting the commit, over every connection.
+    fn output_total(&self) -> usize {
+        self.conns
+            .iter()
+            .flatten()
+            .map(|c| c.output_len() + c.awaiting)
+            .sum()
+    }
+
+    /// Reads and handles what a connection sent, as far as its limits
+    /// allow; writes what it can.
+    ///
+    /// A request is handled only while the connection's answers (queued,
+    /// and awaiting the commit) are under [`OUTPUT_LOW_WATER`], all
+    /// connections' together under [`OUTPUT_TOTAL`] (root and the
+    /// daemon's own user are exempt from the second), and the uid's
+    /// descriptors waiting for the closer are few. A connection held back
+    /// is taken up again when its answers drain (a writable event, or
+    /// after the commit), when the total falls, or when the closer wakes
+    /// the loop.
     pub(super) fn conn_event(&mut self, idx: usize) {
-        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+        if !self.flush_conn(idx) {
             return;
-        };
-        let peer = conn.peer;
-        let (lines, more) = conn.read_lines(READ_BUDGET_LINES);
-        if more {
-            self.backlog.push(idx);
         }
-        for incoming in lines {
-            let (response, durable) = if incoming.incomplete {
-                let why = "request refused: the input ended before its newline".to_string();
-                self.refuse(&peer, "request", &why);
-                (Response::error(why), Ack::Nothing)
-            } else if incoming.oversized {
-                let why = format!("request refused: longer than {MAX_LINE} bytes, or more descriptors than allowed");
-                self.refuse(&peer, "request", &why);
-                (Response::error(why), Ack::Nothing)
-            } else {
-                self.handle_line(&peer, &incoming.line, incoming.fds)
+        let mut n_handled = 0;
+        let mut total = self.output_total();
+        loop {
+            let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                return;
             };
-            self.replies.push(Reply {
-                conn: idx,
-                response,
-                durable,
-            });
+            let peer = conn.peer;
+            let held = conn.output_len() + conn.awaiting;
+            if held >= OUTPUT_LOW_WATER {
+                // Taken up again when the answers drain.
+                break;
+            }
+            if total >= OUTPUT_TOTAL && !Self::is_admin(&peer) {
+                if !self.waiting.contains(&idx) {
+                    self.waiting.push(idx);
+                }
+                break;
+            }
+            if n_handled >= REQUESTS_PER_TURN {
+                self.backlog.push(idx);
+                break;
+            }
+            if let Some(incoming) = conn.next_line() {
+                let (response, durable) = self.handle_incoming(&peer, incoming);
+                let line = encode(&response);
+                total += line.len();
+                if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
+                    conn.awaiting += line.len();
+                }
+                self.replies.push(Reply {
+                    conn: idx,
+                    line,
+                    durable,
+                });
+                n_handled += 1;
+                continue;
+            }
+            if self.closer.pending(peer.uid) >= CLOSE_QUEUE_PER_UID && !self.closer.watch(peer.uid)
+            {
+                if !self.throttled.contains(&idx) {
+                    warn!(
+                        "control socket: uid {} pid {} passed descriptors that are slow to close; its connections wait until they are closed",
+                        peer.uid,
+                        peer_pid(&peer)
+                    );
+                    self.throttled.push(idx);
+                }
+                break;
+            }
+            let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+                return;
+            };
+            if !conn.read_once(&self.closer) && !conn.has_line() {
+                break;
+            }
         }
         self.flush_conn(idx);
     }
 
-    /// Writes a connection's queued output; closes it when it is finished.
-    fn flush_conn(&mut self, idx: usize) {
+    /// Refuses a line the framing rejected, or handles it.
+    fn handle_incoming(&mut self, peer: &PeerCred, incoming: Incoming) -> (Response, Ack) {
+        let why = match incoming.framing {
+            Framing::Ok => return self.handle_line(peer, &incoming.line, incoming.fds),
+            Framing::Incomplete => "request refused: the input ended before its newline".to_string(),
+            Framing::TooLong => format!("request refused: longer than {MAX_LINE} bytes"),
+            Framing::TooManyFds => format!(
+                "request refused: more than {MAX_FDS} descriptors came with it"
+            ),
+            Framing::NotPidfd => {
+                "request refused: a descriptor other than a pidfd came with it (only pidfds may be passed)".to_string()
+            }
+        };
+        self.refuse(peer, "request", &why);
+        (
+            Response {
+                code: Some(RefusalCode::BadRequest.as_str().into()),
+                ..Response::error(why)
+            },
+            Ack::Nothing,
+        )
+    }
+
+    /// Writes a connection's queued output; closes it when it is finished
+    /// or broken. Returns whether it is still open.
+    fn flush_conn(&mut self, idx: usize) -> bool {
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
-            return;
+            return false;
         };
         let ok = conn.flush();
-        let pending = self.replies.iter().any(|r| r.conn == idx);
-        if !ok || (conn.read_closed && !conn.has_output() && !pending) {
+        let done = conn.read_closed && !conn.has_output() && !conn.has_line() && conn.awaiting == 0;
+        if !ok || done {
             self.close_conn(idx);
+            return false;
         }
+        true
     }
 
     /// Ends an iteration: writes the state file, then sends the answers.
@@ -198,31 +320,40 @@ impl<B: Backend> Daemon<B> {
         let replies = std::mem::take(&mut self.replies);
         let mut touched = Vec::new();
         for reply in replies {
-            let response = match (&saved, reply.durable) {
+            let line = match (&saved, reply.durable) {
                 (Err(err), Ack::Bind(public_id)) => {
                     if let Some(&id) = self.ids.get(&public_id) {
                         self.remove(id, "its binding could not be written to the state file");
                     }
-                    Response::error(format!("binding not made: {err}"))
+                    encode(&Response::error(format!("binding not made: {err}")))
                 }
-                (Err(err), Ack::Unbind(public_id)) => Response::error(format!(
+                (Err(err), Ack::Unbind(public_id)) => encode(&Response::error(format!(
                     "binding {public_id} is removed, but {err}; a restart before the write succeeds would bring it back"
-                )),
-                _ => reply.response,
+                ))),
+                _ => reply.line,
             };
             let Some(conn) = self.conns.get_mut(reply.conn).and_then(Option::as_mut) else {
                 continue;
             };
-            match serde_json::to_vec(&response) {
-                Ok(line) => conn.queue(&line),
-                Err(err) => warn!("cannot encode a response: {err}"),
-            }
+            conn.awaiting = 0;
+            conn.queue(&line);
             touched.push(reply.conn);
         }
+        touched.sort_unstable();
         touched.dedup();
         for idx in touched {
-            self.flush_conn(idx);
+            // Requests held back while these answers awaited the commit
+            // are taken up in the next iteration.
+            if self.flush_conn(idx) {
+                self.backlog.push(idx);
+            }
         }
+        if !self.waiting.is_empty() && self.output_total() < OUTPUT_TOTAL {
+            let waiting = std::mem::take(&mut self.waiting);
+            self.backlog.extend(waiting);
+        }
+        self.backlog.sort_unstable();
+        self.backlog.dedup();
     }
 
     fn refuse(&self, peer: &PeerCred, what: &str, why: &str) {
@@ -243,39 +374,31 @@ impl<B: Backend> Daemon<B> {
         let request = match Request::parse(line) {
             Ok(request) => request,
             Err(err) => {
-                let why = format!("bad request: {err}");
-                self.refuse(peer, "request", &why);
-                return (Response::error(why), Ack::Nothing);
+                let refusal = Refusal::new(RefusalCode::BadRequest, format!("bad request: {err}"));
+                self.refuse(peer, "request", &refusal.message);
+                return (refusal.response(), Ack::Nothing);
             }
         };
         match request.op {
             Op::Bind(bind) => match self.bind(peer, bind, fds) {
-                Ok(id) => (
+                Ok((id, warning)) => (
                     Response {
                         id: Some(id),
+                        warning,
                         ..Response::ok()
                     },
                     Ack::Bind(id),
                 ),
-                Err(why) => {
-                    self.refuse(peer, "bind", &why);
-                    let code = why
-                        .starts_with(PARENT_GONE)
-                        .then(|| "parent_gone".to_owned());
-                    (
-                        Response {
-                            code,
-                            ..Response::error(why)
-                        },
-                        Ack::Nothing,
-                    )
+                Err(refusal) => {
+                    self.refuse(peer, "bind", &refusal.message);
+                    (refusal.response(), Ack::Nothing)
                 }
             },
             Op::Unbind { id } => match self.unbind(peer, id) {
                 Ok(()) => (Response::ok(), Ack::Unbind(id)),
-                Err(why) => {
-                    self.refuse(peer, "unbind", &why);
-                    (Response::error(why), Ack::Nothing)
+                Err(refusal) => {
+                    self.refuse(peer, "unbind", &refusal.message);
+                    (refusal.response(), Ack::Nothing)
                 }
             },
             Op::List => (
@@ -287,16 +410,19 @@ impl<B: Backend> Daemon<B> {
             ),
             Op::Status => (
                 Response {
-                    status: Some(self.status()),
+                    status: Some(self.status(peer)),
                     ..Response::ok()
                 },
                 Ack::Nothing,
             ),
             Op::Reload => {
                 if !Self::is_admin(peer) {
-                    let why = "reload is for root or the daemon's own user".to_string();
-                    self.refuse(peer, "reload", &why);
-                    return (Response::error(why), Ack::Nothing);
+                    let refusal = Refusal::new(
+                        RefusalCode::NotPermitted,
+                        "reload is for root or the daemon's own user",
+                    );
+                    self.refuse(peer, "reload", &refusal.message);
+                    return (refusal.response(), Ack::Nothing);
                 }
                 info!(
                     "reload requested by uid {} pid {}",
@@ -314,10 +440,14 @@ impl<B: Backend> Daemon<B> {
                     Err(errors) => (
                         Response {
                             errors: errors.0.iter().map(ToString::to_string).collect(),
-                            ..Response::error(format!(
-                                "reload refused: {} error(s) in the configuration; the running one stays in force",
-                                errors.0.len()
-                            ))
+                            ..Refusal::new(
+                                RefusalCode::InvalidConfig,
+                                format!(
+                                    "reload refused: {} error(s) in the configuration; the running one stays in force",
+                                    errors.0.len()
+                                ),
+                            )
+                            .response()
                         },
                         Ack::Nothing,
                     ),
@@ -326,48 +456,69 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    /// Makes a socket binding; returns its id.
+    /// Makes a socket binding; returns its id, and a warning for the
+    /// client if the binding acted at once.
     fn bind(
         &mut self,
         peer: &PeerCred,
         req: BindRequest,
         fds: Vec<OwnedFd>,
-    ) -> Result<u64, String> {
+    ) -> Result<(u64, Option<String>), Refusal> {
+        use RefusalCode::{Invalid, ParentGone};
         let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
         if let Some(name) = &req.name {
-            check_name(name)?;
+            check_name(name).map_err(|why| Refusal::new(Invalid, why))?;
         }
         let signal = match &req.signal {
-            Some(s) => parse_signal(s).map_err(|e| format!("signal: {e}"))?,
+            Some(s) => {
+                parse_signal(s).map_err(|e| Refusal::new(Invalid, format!("signal: {e}")))?
+            }
             None => self.defaults.signal,
         };
         let grace = match &req.grace {
-            Some(g) => parse_duration(g).map_err(|e| format!("grace: {e}"))?,
+            Some(g) => {
+                parse_duration(g).map_err(|e| Refusal::new(Invalid, format!("grace: {e}")))?
+            }
             None => self.defaults.grace,
         };
         let kill = match &req.kill {
-            Some(k) => parse_kill(k).map_err(|e| format!("kill: {e}"))?,
+            Some(k) => parse_kill(k).map_err(|e| Refusal::new(Invalid, format!("kill: {e}")))?,
             None => self.defaults.kill,
         };
-        let parent_pid =
-            Pid::try_from(i64::from(req.parent.pid)).map_err(|e| format!("parent: {e}"))?;
+        let parent_pid = Pid::try_from(i64::from(req.parent.pid)).map_err(|e| {
+            // Pid 1 (or 0) as the parent: the launcher is gone and its
+            // child was adopted by init, or the caller named it by mistake.
+            let code = if req.require_live_parent {
+                ParentGone
+            } else {
+                Invalid
+            };
+            Refusal::new(code, format!("parent: {e}"))
+        })?;
         if req.children.is_empty() {
-            return Err("no child to bind".into());
+            return Err(Refusal::new(Invalid, "no child to bind"));
         }
         if req.children.len() > MAX_CHILDREN.min(1024) {
-            return Err(format!(
-                "{} children is more than the 1024 a request may bind",
-                req.children.len()
+            return Err(Refusal::new(
+                Invalid,
+                format!(
+                    "{} children is more than the 1024 a request may bind",
+                    req.children.len()
+                ),
             ));
         }
         let mut child_pids = Vec::with_capacity(req.children.len());
         for child in &req.children {
-            let pid = Pid::try_from(i64::from(child.pid)).map_err(|e| format!("child: {e}"))?;
+            let pid = Pid::try_from(i64::from(child.pid))
+                .map_err(|e| Refusal::new(Invalid, format!("child: {e}")))?;
             if pid == parent_pid {
-                return Err(format!("pid {pid} is both parent and child"));
+                return Err(Refusal::new(
+                    Invalid,
+                    format!("pid {pid} is both parent and child"),
+                ));
             }
             if child_pids.contains(&pid) {
-                return Err(format!("pid {pid} is listed twice"));
+                return Err(Refusal::new(Invalid, format!("pid {pid} is listed twice")));
             }
             child_pids.push(pid);
         }
@@ -378,20 +529,34 @@ impl<B: Backend> Daemon<B> {
             .filter(|(_, b)| b.origin == Origin::Socket { uid })
             .count();
         if n_mine >= self.max_per_uid {
-            return Err(format!(
-                "uid {uid} already has {n_mine} live bindings, the limit ([daemon] max_bindings_per_uid)"
+            return Err(Refusal::new(
+                RefusalCode::Limit,
+                format!(
+                    "uid {uid} already has {n_mine} live bindings, the limit ([daemon] max_bindings_per_uid)"
+                ),
             ));
         }
+        // Every process the binding holds costs a descriptor (pidfd
+        // backend) and room in the state file: within the uid's budget.
+        let cost = 1 + child_pids.len();
+        self.budget
+            .check(uid, cost)
+            .map_err(|why| Refusal::new(RefusalCode::Limit, why))?;
 
+        let mut warning = None;
         let parent = match self.open_ref(&req.parent, parent_pid, &mut fds)? {
             Proven::Live(member, identity) => Some((member, identity)),
             Proven::Gone(why) if req.require_live_parent => {
-                return Err(format!(
-                    "{PARENT_GONE} {parent_pid} has already exited ({why})"
+                return Err(Refusal::new(
+                    ParentGone,
+                    format!("the parent {parent_pid} has already exited ({why})"),
                 ))
             }
             Proven::Gone(why) => {
                 info!("socket bind: parent {parent_pid} is already gone ({why}); acting at once");
+                warning = Some(format!(
+                    "the parent {parent_pid} is not running ({why}), so the children were signalled at once"
+                ));
                 None
             }
         };
@@ -402,7 +567,12 @@ impl<B: Backend> Daemon<B> {
                     self.authorize(peer, &member)?;
                     children.push((member, identity));
                 }
-                Proven::Gone(why) => return Err(format!("the child {pid} is not running ({why})")),
+                Proven::Gone(why) => {
+                    return Err(Refusal::new(
+                        RefusalCode::ChildGone,
+                        format!("the child {pid} is not running ({why})"),
+                    ))
+                }
             }
         }
         // The spec pins every process to the identity just proven, so the
@@ -427,26 +597,21 @@ impl<B: Backend> Daemon<B> {
         self.next_id += 1;
         let origin = Origin::Socket { uid };
         let label = super::bindings::label(&spec, origin, public_id);
-        let children_pids: Vec<String> = child_pids.iter().map(ToString::to_string).collect();
+        let n_children = child_pids.len();
         let parent = parent.map(|(member, _)| member);
         let children = children
             .into_iter()
             .map(|(member, _)| Some(member))
             .collect();
-        self.last_refusal = None;
         match self.insert(Rc::new(spec), origin, public_id, parent, children, &label) {
-            Some(_) => {
+            Ok(_) => {
                 info!(
-                    "{label}: bound by pid {}: parent {parent_pid}, children {}, {signal}, grace {grace}",
+                    "{label}: bound by pid {}: parent {parent_pid}, {n_children} children, {signal}, grace {grace}",
                     peer_pid(peer),
-                    children_pids.join(",")
                 );
-                Ok(public_id)
+                Ok((public_id, warning))
             }
-            None => Err(self
-                .last_refusal
-                .take()
-                .unwrap_or_else(|| "the binding could not be held (see the daemon's log)".into())),
+            Err(why) => Err(Refusal::new(RefusalCode::NotHeld, why)),
         }
     }
 
@@ -457,12 +622,15 @@ impl<B: Backend> Daemon<B> {
         r: &ProcRef,
         pid: Pid,
         fds: &mut [Option<OwnedFd>],
-    ) -> Result<Proven<B::Handle>, String> {
+    ) -> Result<Proven<B::Handle>, Refusal> {
         let opened = match r.pidfd {
             Some(idx) => {
                 let fd = fds.get_mut(idx).and_then(Option::take).ok_or_else(|| {
-                    format!(
-                        "pid {pid}: pidfd {idx} was not passed with the request (or used twice)"
+                    Refusal::new(
+                        RefusalCode::Invalid,
+                        format!(
+                            "pid {pid}: pidfd {idx} was not passed with the request (or used twice)"
+                        ),
                     )
                 })?;
                 self.watcher.adopt(fd, pid)
@@ -480,56 +648,80 @@ impl<B: Backend> Daemon<B> {
             return match opened {
                 Ok((handle, identity)) => Ok(Proven::Live(Member { pid, handle }, identity)),
                 Err(crate::watch::OpenError::Gone) => Ok(Proven::Gone("no such process".into())),
-                Err(err) => Err(format!("pid {pid}: {err}")),
+                Err(err) => Err(Refusal::new(
+                    RefusalCode::NotHeld,
+                    format!("pid {pid}: {err}"),
+                )),
             };
         }
         self.prove(&spec, opened, "the start time given")
-            .map_err(|e| format!("pid {pid}: {e}"))
+            .map_err(|e| Refusal::new(RefusalCode::NotHeld, format!("pid {pid}: {e}")))
     }
 
     /// A caller other than root may bind only children it could signal
-    /// itself: `pidfd_open` checks nothing, and a root daemon must not
-    /// become a confused deputy.
-    fn authorize(&self, peer: &PeerCred, child: &Member<B::Handle>) -> Result<(), String> {
+    /// itself, and that run with no privilege it lacks (no set-id program):
+    /// `pidfd_open` checks nothing, and a root daemon must not become a
+    /// confused deputy. The same test is made again before every signal
+    /// (see `Daemon::deliver`), since a process can change owner later.
+    fn authorize(&self, peer: &PeerCred, child: &Member<B::Handle>) -> Result<(), Refusal> {
         if peer.uid == 0 {
             return Ok(());
         }
         match self.watcher.owner(child.pid, &child.handle) {
-            Ok(Some(owner)) if owner.may_be_signalled_by(peer.uid) => Ok(()),
-            Ok(Some(owner)) => Err(format!(
-                "uid {} may not bind child {}: it belongs to uid {}",
-                peer.uid, child.pid, owner.real
+            Ok(Some(owner)) if owner.plainly_owned_by(peer.uid) => Ok(()),
+            Ok(Some(owner)) => Err(Refusal::new(
+                RefusalCode::NotPermitted,
+                format!(
+                    "uid {} may not bind child {}: {}",
+                    peer.uid,
+                    child.pid,
+                    owner.refusal(peer.uid)
+                ),
             )),
-            Ok(None) => Err(format!("the child {} exited", child.pid)),
-            Err(err) => Err(format!("cannot tell who owns child {}: {err}", child.pid)),
+            Ok(None) => Err(Refusal::new(
+                RefusalCode::ChildGone,
+                format!("the child {} exited", child.pid),
+            )),
+            Err(err) => Err(Refusal::new(
+                RefusalCode::NotHeld,
+                format!("cannot tell who owns child {}: {err}", child.pid),
+            )),
         }
     }
 
-    fn unbind(&mut self, peer: &PeerCred, public_id: u64) -> Result<(), String> {
+    fn unbind(&mut self, peer: &PeerCred, public_id: u64) -> Result<(), Refusal> {
+        let from_config = || {
+            Refusal::new(
+                RefusalCode::ConfigBinding,
+                format!(
+                    "binding {public_id} comes from the configuration file; remove it there and reload"
+                ),
+            )
+        };
+        // Say "no binding" rather than "not yours": others' ids are not
+        // the caller's business.
+        let none = || {
+            Refusal::new(
+                RefusalCode::NoSuchBinding,
+                format!("no binding {public_id}"),
+            )
+        };
         let Some(&id) = self.ids.get(&public_id) else {
             if self
                 .bindings
                 .iter()
                 .any(|(_, b)| b.id == public_id && b.origin == Origin::Config)
             {
-                return Err(format!(
-                    "binding {public_id} comes from the configuration file; remove it there and reload"
-                ));
+                return Err(from_config());
             }
-            return Err(format!("no binding {public_id}"));
+            return Err(none());
         };
         let Some(binding) = self.bindings.get(id) else {
-            return Err(format!("no binding {public_id}"));
+            return Err(none());
         };
         match binding.origin {
-            Origin::Config => Err(format!(
-                "binding {public_id} comes from the configuration file; remove it there and reload"
-            )),
-            Origin::Socket { uid } if uid != peer.uid && !Self::is_admin(peer) => {
-                // Say "no binding" rather than "not yours": others' ids are
-                // not the caller's business.
-                Err(format!("no binding {public_id}"))
-            }
+            Origin::Config => Err(from_config()),
+            Origin::Socket { uid } if uid != peer.uid && !Self::is_admin(peer) => Err(none()),
             Origin::Socket { .. } => {
                 self.state_dirty.mark(super::Dirty::Durable);
                 self.remove(
@@ -571,7 +763,7 @@ impl<B: Backend> Daemon<B> {
         out
     }
 
-    fn status(&self) -> StatusInfo {
+    fn status(&self, peer: &PeerCred) -> StatusInfo {
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         StatusInfo {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -587,6 +779,18 @@ impl<B: Backend> Daemon<B> {
             fds_in_use: crate::sys::count_open_fds().unwrap_or(0),
             fds_allowed: self.fd_limit,
             pid: std::process::id(),
+            processes_held: count(
+                self.budget
+                    .held(Self::budget_uid(Origin::Socket { uid: peer.uid })),
+            ),
+            processes_allowed: count(
+                self.budget
+                    .held(Self::budget_uid(Origin::Socket { uid: peer.uid }))
+                    + self
+                        .budget
+                        .room(Self::budget_uid(Origin::Socket { uid: peer.uid })),
+            ),
+            fds_closing: count(self.closer.pending_total()),
         }
     }
 }
@@ -603,4 +807,79 @@ fn check_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A response as one line of JSON.
+fn encode(response: &Response) -> Vec<u8> {
+    serde_json::to_vec(response).unwrap_or_else(|err| {
+        warn!("cannot encode a response: {err}");
+        br#"{"ok":false,"error":"the daemon could not encode its answer"}"#.to_vec()
+    })
+}
+
+/// What kind of refusal an answer carries: its `code` in the protocol,
+/// which tetherctl maps to its exit status (docs/protocol.md lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RefusalCode {
+    /// The line is not a request (framing, JSON, version).
+    BadRequest,
+    /// A value of the request is invalid (a name, signal, grace, pid).
+    Invalid,
+    /// The parent has already exited (or is pid 1: the launcher is gone).
+    ParentGone,
+    /// A child is not running.
+    ChildGone,
+    /// The caller may not do this (another user's process, reload).
+    NotPermitted,
+    /// A limit of the caller's uid is reached.
+    Limit,
+    /// No binding has that id (for this caller).
+    NoSuchBinding,
+    /// The binding comes from the configuration file.
+    ConfigBinding,
+    /// The configuration file has errors.
+    InvalidConfig,
+    /// The daemon could not hold the binding (out of descriptors, ...).
+    NotHeld,
+}
+
+impl RefusalCode {
+    /// The code as the protocol spells it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::BadRequest => "bad_request",
+            RefusalCode::Invalid => "invalid",
+            RefusalCode::ParentGone => "parent_gone",
+            RefusalCode::ChildGone => "child_gone",
+            RefusalCode::NotPermitted => "not_permitted",
+            RefusalCode::Limit => "limit",
+            RefusalCode::NoSuchBinding => "no_such_binding",
+            RefusalCode::ConfigBinding => "config_binding",
+            RefusalCode::InvalidConfig => "invalid_config",
+            RefusalCode::NotHeld => "not_held",
+        }
+    }
+}
+
+/// A refused request: a code for programs and a sentence for people.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    code: RefusalCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: RefusalCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn response(&self) -> Response {
+        Response {
+            code: Some(self.code.as_str().into()),
+            ..Response::error(self.message.clone())
+        }
+    }
 }

@@ -31,6 +31,10 @@ pub struct ProcInfo {
     pub ruid: u32,
     /// Saved set-user-id.
     pub svuid: u32,
+    /// Effective uid.
+    pub euid: u32,
+    /// Real, effective and saved gids.
+    pub gids: [u32; 3],
 }
 
 /// Seconds and microseconds (of whatever integer types the platform's
@@ -147,6 +151,12 @@ mod imp {
             zombie: kp.ki_stat == libc::SZOMB,
             ruid: kp.ki_ruid,
             svuid: kp.ki_svuid,
+            euid: kp.ki_uid,
+            gids: [
+                kp.ki_rgid,
+                kp.ki_groups.first().copied().unwrap_or(kp.ki_rgid),
+                kp.ki_svgid,
+            ],
         }
     }
 
@@ -161,6 +171,12 @@ mod imp {
             zombie: matches!(kp.kp_stat, libc::procstat::SZOMB),
             ruid: kp.kp_ruid,
             svuid: kp.kp_svuid,
+            euid: kp.kp_uid,
+            gids: [
+                kp.kp_rgid,
+                kp.kp_groups.first().copied().unwrap_or(kp.kp_rgid),
+                kp.kp_svgid,
+            ],
         }
     }
 
@@ -237,6 +253,8 @@ mod imp {
             zombie: kp.p_stat == SZOMB || kp.p_stat == SDEAD,
             ruid: kp.p_ruid,
             svuid: kp.p_svuid,
+            euid: kp.p_uid,
+            gids: [kp.p_rgid, kp.p_gid, kp.p_svgid],
         }
     }
 
@@ -330,6 +348,8 @@ mod imp {
             zombie: bsd.pbi_status == SZOMB,
             ruid: bsd.pbi_ruid,
             svuid: bsd.pbi_svuid,
+            euid: bsd.pbi_uid,
+            gids: [bsd.pbi_rgid, bsd.pbi_gid, bsd.pbi_svgid],
         }))
     }
 

@@ -108,3 +108,18 @@ pub fn netlink_membership(fd: &OwnedFd, group: u32, join: bool) -> io::Result<()
     })?;
     Ok(())
 }
+
+/// Whether `fd` is a pidfd, told without asking the file's own driver
+/// anything: the name the kernel gives the descriptor in
+/// `/proc/self/fd` is `anon_inode:[pidfd]` (pidfs keeps that name on 6.9
+/// and later). Reading the link only formats a path; unlike `fstat` or
+/// `fstatfs` it cannot wait on a FUSE server or any other file system.
+pub fn is_pidfd(fd: &impl AsRawFd) -> bool {
+    match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+        Ok(target) => {
+            let name = target.as_os_str().as_encoded_bytes();
+            name == b"anon_inode:[pidfd]" || name.starts_with(b"pidfd:")
+        }
+        Err(_) => false,
+    }
+}

@@ -105,45 +105,132 @@ pub fn peer_credentials(fd: &impl std::os::fd::AsFd) -> io::Result<PeerCred> {
     }
 }
 
+/// The most descriptors the kernel attaches to one message (`SCM_MAX_FD`
+/// in linux/scm.h; the BSDs and macOS allow fewer). The receive buffer is
+/// sized for this many, so the kernel never has to drop descriptors it
+/// could not install: a dropped descriptor's last close would run in the
+/// receiving thread, where a hostile one (a lingering socket, a file on a
+/// FUSE mount) can block.
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// What one `recvmsg` brought.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes read into the buffer (0 at end of stream).
+    pub n: usize,
+    /// Every descriptor the kernel installed for this message, owned.
+    pub fds: Vec<std::os::fd::OwnedFd>,
+    /// Whether the kernel cut the control data (MSG_CTRUNC): some
+    /// descriptors were dropped, so the request they came with is refused.
+    pub truncated: bool,
+}
+
 /// Receives bytes and any descriptors (SCM_RIGHTS) without blocking.
-/// Returns the byte count (0 at end of stream), the descriptors, and
-/// whether some descriptors were cut off for lack of room.
-pub fn recv_with_fds(
-    fd: &impl std::os::fd::AsRawFd,
-    buf: &mut [u8],
-    max_fds: usize,
-) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>, bool)> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+///
+/// Every descriptor the kernel installed is owned by the result on every
+/// path, truncated control data included (nix's `cmsgs()` gives up on
+/// MSG_CTRUNC, which leaked the ones already installed).
+pub fn recv_with_fds(fd: &impl std::os::fd::AsRawFd, buf: &mut [u8]) -> io::Result<Received> {
     use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!([RawFd; 16]);
+    // u64 elements keep the buffer aligned for cmsghdr; room for the
+    // header and MAX_FDS_PER_MESSAGE ints, rounded up.
+    const WORDS: usize = (MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>() + 64) / 8 + 1;
+    let mut control = [0u64; WORDS];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is a plain C struct for which all-zero is a valid
+    // value (no name, no iovecs, no control data); the fields used are set
+    // below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = std::ptr::from_mut(&mut iov);
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // socklen_t on some targets, size_t on others.
+    #[allow(clippy::useless_conversion)]
+    {
+        msg.msg_controllen = (WORDS * 8)
+            .try_into()
+            .map_err(|_| io::Error::other("control buffer size"))?;
+    }
     // macOS has no MSG_CMSG_CLOEXEC; the daemon never forks, so the
-    // descriptors (dropped there anyway: no pidfds) cannot leak.
+    // descriptors cannot leak into a child there either.
     #[cfg(not(target_os = "macos"))]
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
     #[cfg(target_os = "macos")]
-    let flags = MsgFlags::MSG_DONTWAIT;
-    let msg = recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags)?;
-    let n = msg.bytes;
-    let mut truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    let flags = libc::MSG_DONTWAIT;
+    // SAFETY: `msg` points at one iovec over `buf` and at `control`, both
+    // alive and exclusively borrowed across the call, with their true
+    // lengths; the kernel writes at most that much into each.
+    let ret = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+    let n = usize::try_from(ret).map_err(|_| io::Error::last_os_error())?;
+    let truncated = msg.msg_flags & libc::MSG_CTRUNC != 0;
     let mut fds = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw_fds) = cmsg {
-            for raw in raw_fds {
-                // SAFETY: the kernel installed `raw` in our table for this
-                // message (SCM_RIGHTS); nothing else refers to it, so we
-                // own it from here on.
-                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                if fds.len() < max_fds {
-                    fds.push(owned);
-                } else {
-                    truncated = true;
+    // Walk every control message the kernel wrote, whatever the flags
+    // say: each SCM_RIGHTS descriptor in it is ours to close.
+    // SAFETY: `msg` was filled in by recvmsg; CMSG_FIRSTHDR only reads
+    // its control pointer and length.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return either null or a
+        // pointer to a complete header inside `control`.
+        let header = unsafe { std::ptr::read_unaligned(cmsg) };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN only computes a length from its argument.
+            let empty = usize::try_from(unsafe { libc::CMSG_LEN(0) }).unwrap_or(usize::MAX);
+            #[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+            let total = usize::try_from(header.cmsg_len).unwrap_or(0);
+            let data_len = total.saturating_sub(empty);
+            let count = data_len / std::mem::size_of::<RawFd>();
+            // SAFETY: CMSG_DATA points just past the header, inside the
+            // same control message.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..count {
+                // SAFETY: `i < count` and the kernel wrote `count` ints
+                // after the header (cmsg_len says so); the data may be
+                // unaligned, hence read_unaligned.
+                let raw = unsafe { std::ptr::read_unaligned(data.wrapping_add(i)) };
+                if raw >= 0 {
+                    // SAFETY: the kernel installed `raw` in our table for
+                    // this message (SCM_RIGHTS); nothing else refers to
+                    // it, so we own it from here on.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
                 }
             }
         }
+        // SAFETY: `cmsg` is a header inside `msg`'s control buffer (see
+        // above); CMSG_NXTHDR bounds-checks against msg_controllen.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
-    Ok((n, fds, truncated))
+    Ok(Received { n, fds, truncated })
+}
+
+/// Whether `fd` is a process descriptor that may be kept from a client:
+/// a Linux pidfd. Elsewhere there are none, and every passed descriptor is
+/// refused.
+pub fn is_process_descriptor(fd: &impl std::os::fd::AsRawFd) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        linux::is_pidfd(fd)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = fd;
+        false
+    }
+}
+
+/// How many bytes wait unread in a socket's receive queue (`FIONREAD`).
+/// Descriptors passed over a Unix stream socket always come with at least
+/// one byte, so 0 means none are queued either.
+pub fn pending_input(fd: &impl std::os::fd::AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which lives
+    // across the call.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, std::ptr::from_mut(&mut n)) })?;
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Sends `bytes` with `fds` attached (SCM_RIGHTS) in one message.

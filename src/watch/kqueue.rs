@@ -156,8 +156,8 @@ impl Backend for KqueueWatcher {
         Ok(Self::info(handle)
             .filter(|info| info.start == handle.start && !info.zombie)
             .map(|info| Owner {
-                real: info.ruid,
-                saved: info.svuid,
+                uids: [info.ruid, info.euid, info.svuid],
+                gids: info.gids,
             }))
     }
 

@@ -261,20 +261,45 @@ pub struct ProcEntry {
     pub start: u64,
 }
 
-/// Who owns a process, as kill(2) sees it.
+/// Who a process runs as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
-    /// Real uid.
-    pub real: u32,
-    /// Saved set-user-id.
-    pub saved: u32,
+    /// Real, effective and saved uids.
+    pub uids: [u32; 3],
+    /// Real, effective and saved gids.
+    pub gids: [u32; 3],
 }
 
 impl Owner {
     /// Whether a caller with effective uid `uid` could signal the process
     /// (kill(2): the sender's uid matches the target's real or saved uid).
     pub fn may_be_signalled_by(&self, uid: u32) -> bool {
-        uid == 0 || uid == self.real || uid == self.saved
+        let [real, _, saved] = self.uids;
+        uid == 0 || uid == real || uid == saved
+    }
+
+    /// Whether tetherd may signal the process on behalf of `uid`, a user
+    /// other than root: `uid` could signal it (kill(2)'s rule), and it runs
+    /// with no privilege `uid` lacks: every uid of it is `uid`, and its
+    /// gids did not change by a set-group-id exec. The kernel clears
+    /// `PR_SET_PDEATHSIG` when a process gains privileges that way, and
+    /// tetherd does no more for a user than the kernel would.
+    pub fn plainly_owned_by(&self, uid: u32) -> bool {
+        let [real_gid, effective_gid, saved_gid] = self.gids;
+        self.uids.iter().all(|&u| u == uid) && real_gid == effective_gid && real_gid == saved_gid
+    }
+
+    /// Why the process may not be signalled for `uid`, in words.
+    pub fn refusal(&self, uid: u32) -> String {
+        let [real, effective, saved] = self.uids;
+        if !self.may_be_signalled_by(uid) {
+            format!("it belongs to uid {real}")
+        } else if real != effective || real != saved {
+            format!("it runs with the privileges of uid {effective} (real {real}, saved {saved}): a set-user-id program")
+        } else {
+            let [r, e, s] = self.gids;
+            format!("it runs with the privileges of gid {e} (real {r}, saved {s}): a set-group-id program")
+        }
     }
 }
 

@@ -80,7 +80,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// The real and saved uids from `/proc/PID/status`. `Ok(None)`: there is
+/// The uids and gids from `/proc/PID/status`. `Ok(None)`: there is
 /// no such process.
 pub fn owner(pid: i32) -> io::Result<Option<Owner>> {
     let status = match fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -92,23 +92,23 @@ pub fn owner(pid: i32) -> io::Result<Option<Owner>> {
         }
         Err(err) => return Err(err),
     };
-    let uids: Vec<u32> = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .map(|v| {
-            v.split_ascii_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    match uids.as_slice() {
-        [real, _effective, saved, ..] => Ok(Some(Owner {
-            real: *real,
-            saved: *saved,
-        })),
+    let ids = |key: &str| -> Option<[u32; 3]> {
+        let values: Vec<u32> = status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))?
+            .split_ascii_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        match values.as_slice() {
+            [real, effective, saved, ..] => Some([*real, *effective, *saved]),
+            _ => None,
+        }
+    };
+    match (ids("Uid:"), ids("Gid:")) {
+        (Some(uids), Some(gids)) => Ok(Some(Owner { uids, gids })),
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("/proc/{pid}/status: cannot parse the Uid line"),
+            format!("/proc/{pid}/status: cannot parse the Uid and Gid lines"),
         )),
     }
 }
@@ -209,7 +209,7 @@ mod tests {
         let table = process_table().expect("/proc");
         assert!(table.iter().any(|e| e.pid == me));
         let owner = owner(me).expect("status").expect("alive");
-        assert_eq!(owner.real, nix::unistd::getuid().as_raw());
+        assert_eq!(owner.uids[0], nix::unistd::getuid().as_raw());
         assert_eq!(stat(i32::MAX).expect("no error"), None);
     }
 }
