@@ -20,6 +20,7 @@ use super::model::{
     BackendKind, BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
     PidfileBindingSpec, ProcSpec, Signal,
 };
+use super::name::{check_name, quote_name};
 use super::raw::{self, Entry, RawConfig, SyntaxError, Table, Value, TOP_LEVEL_KEYS};
 
 /// Keys of `[daemon]`.
@@ -52,8 +53,6 @@ const BINDING_KEYS: [&str; 13] = [
 /// Keys of an inline table in `children`.
 const CHILD_ENTRY_KEYS: [&str; 3] = ["pid", "start", "inode"];
 
-/// The longest binding name, in characters.
-const MAX_NAME_CHARS: usize = 64;
 /// The longest grace period, in milliseconds (24 hours).
 const MAX_GRACE_MILLIS: u64 = 24 * 60 * 60 * 1000;
 /// The start of every duration error, so that all of them read alike.
@@ -683,7 +682,7 @@ fn binding(
     let label = match &name {
         Some(name) => {
             names.insert(name.clone(), binding_idx);
-            format!("binding \"{name}\"")
+            format!("binding {}", quote_name(name))
         }
         None => index_label,
     };
@@ -830,21 +829,11 @@ fn binding(
 /// Checks a binding's `name`, which must not be used by an earlier one.
 fn binding_name(value: &Value<'_>, names: &HashMap<String, usize>) -> Result<String, String> {
     let name = string(value)?;
-    if name.is_empty() {
-        return Err("empty name (remove the key or write a label)".to_string());
-    }
-    if name.chars().any(char::is_control) {
-        return Err(format!("name {name:?} contains a control character"));
-    }
-    let n_chars = name.chars().count();
-    if n_chars > MAX_NAME_CHARS {
-        return Err(format!(
-            "name is {n_chars} characters long (at most {MAX_NAME_CHARS})"
-        ));
-    }
+    check_name(name)?;
     if let Some(first_idx) = names.get(name) {
         return Err(format!(
-            "name {name:?} is already used by binding {first_idx}"
+            "name {} is already used by binding {first_idx}",
+            quote_name(name)
         ));
     }
     Ok(name.to_string())
@@ -1816,8 +1805,11 @@ children = [{ pid = 12, strat = 3 }, "x", { start = 1 }, { pid = 13, start = -1,
                  [[binding]]\nname = 7\nparent = 2\nchild = 6\n"
             ),
             &[
-                "t.toml:2:8: binding 1: name: empty name (remove the key or write a label)",
-                r#"t.toml:6:8: binding 2: name: name "a\u{7}" contains a control character"#,
+                "t.toml:2:8: binding 1: name: empty name (leave the name out or write a label)",
+                &format!(
+                    r#"t.toml:6:8: binding 2: name: name "a\u{{0007}}" has U+0007 at character 2, a control character ({})"#,
+                    crate::config::NAME_RULE
+                ),
                 "t.toml:10:8: binding 3: name: name is 65 characters long (at most 64)",
                 "t.toml:14:8: binding 4: name: expected a string, found an integer",
             ],
