@@ -136,12 +136,15 @@ fn hidden(c: char) -> Option<&'static str> {
     }
 }
 
-/// Whether `c` hides, reorders or breaks text around it (see [`hidden`]):
-/// no line tetherd prints may carry one raw.
+/// Whether `c` hides, reorders or breaks text around it: a control, a
+/// bidirectional control, a separator, a space other than U+0020, a
+/// variation selector, a tag, an invisible format, private-use or
+/// noncharacter. No line tetherd prints may carry one raw.
 pub fn is_hidden(c: char) -> bool {
     hidden(c).is_some() && !within_any(c, QUOTE_LOOKALIKES)
 }
 
+/// Whether `c` is in one of `ranges` (inclusive).
 fn within_any(c: char, ranges: &[(u32, u32)]) -> bool {
     let code = u32::from(c);
     ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
