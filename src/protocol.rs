@@ -79,14 +79,16 @@ impl Request {
 }
 
 /// `text` with every control character (newlines, escapes, NUL) written
-/// as its Rust escape, as `\n`.
+/// as its Rust escape, as `\n`, and so is every other character that can
+/// hide, reorder or break a line (bidirectional controls, U+2028, zero-width
+/// characters: see [`crate::config::is_hidden`]).
 pub fn escape_controls(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(crate::config::is_hidden) {
         return text.to_owned();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if crate::config::is_hidden(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
@@ -333,6 +335,21 @@ mod tests {
             let err = Request::parse(line).expect_err("refused");
             assert!(!err.chars().any(char::is_control), "{err:?}");
             assert!(err.contains("\\n") || err.contains("\\u{1b}"), "{err:?}");
+        }
+    }
+
+    /// A line separator or a bidi override in a key would break or reorder
+    /// the daemon's log line as surely as a newline.
+    #[test]
+    fn refusals_escape_separators_and_bidi_controls() {
+        for line in [
+            "{\"v\":1,\"op\":\"status\",\"x\u{2028}tetherd: info: forged\":1}",
+            "{\"v\":1,\"op\":\"bi\u{202E}dn\"}",
+            "{\"v\":1,\"op\":\"status\",\"\u{200B}\u{2066}\":1}",
+        ] {
+            let err = Request::parse(line.as_bytes()).expect_err("refused");
+            assert!(!err.chars().any(crate::config::is_hidden), "{err:?}");
+            assert!(err.contains("\\u{"), "{err:?}");
         }
     }
 }

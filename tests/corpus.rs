@@ -57,6 +57,12 @@ fn every_malformed_request_gets_a_one_line_error_and_the_daemon_serves_on() {
         .filter(|l| !l.starts_with("tetherd: "))
         .collect();
     assert!(forged.is_empty(), "log lines a request made: {forged:?}");
+    // Nor break, hide or reorder text within a line.
+    let hidden: Vec<&str> = log
+        .lines()
+        .filter(|l| l.chars().any(crate::util::hides_text))
+        .collect();
+    assert!(hidden.is_empty(), "hidden characters in: {hidden:?}");
 }
 
 #[test]

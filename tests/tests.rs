@@ -40,6 +40,8 @@ mod kill_modes;
 #[cfg(target_os = "linux")]
 mod lifecycle;
 #[cfg(target_os = "linux")]
+mod names;
+#[cfg(target_os = "linux")]
 mod orphan;
 #[cfg(target_os = "linux")]
 mod packaging;

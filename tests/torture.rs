@@ -292,7 +292,9 @@ fn torture_mass_exit_signals_every_child_exactly_once() {
     // on, so a second signal would show. It waits on a `sleep` of its own
     // (no fork per second: 9,900 of them would swamp the host), in its own
     // process group so that both go together, and lives 10 min at most,
-    // so nothing outlives a killed test for long.
+    // so nothing outlives a killed test for long. Once its trap is set it
+    // creates its ready file: a SIGTERM before that would kill it unseen.
+    let ready = |i: usize| dir.path().join(format!("r{i}"));
     let children: Vec<Group> = (0..n)
         .map(|i| {
             let file = dir.path().join(format!("c{i}"));
@@ -300,9 +302,10 @@ fn torture_mass_exit_signals_every_child_exactly_once() {
             let child = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!(
-                    "trap 'echo >> {}' TERM; sleep 600 & s=$!; \
+                    "trap 'echo >> {}' TERM; : > {}; sleep 600 & s=$!; \
                      while kill -0 $s 2>/dev/null; do wait $s; done",
-                    file.display()
+                    file.display(),
+                    ready(i).display()
                 ))
                 .stdin(std::process::Stdio::null())
                 .process_group(0)
@@ -318,6 +321,16 @@ fn torture_mass_exit_signals_every_child_exactly_once() {
         .collect();
     let daemon = TestDaemon::start(&config);
     daemon.wait_log(&format!("{n} added"));
+    // Every trap is set before any parent dies (issue 11: under load, a
+    // child's shell had not run `trap` yet when its SIGTERM came).
+    let mut n_ready = 0;
+    let all_ready = wait_until(TIMEOUT * 3, || {
+        while n_ready < n && ready(n_ready).exists() {
+            n_ready += 1;
+        }
+        n_ready == n
+    });
+    assert!(all_ready, "only {n_ready} of {n} children set their trap");
     for p in &parents {
         p.signal(nix::sys::signal::Signal::SIGKILL);
     }

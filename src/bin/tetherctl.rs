@@ -327,7 +327,9 @@ fn table(bindings: &[BindingInfo]) -> String {
         let children: Vec<String> = b.children.iter().map(|c| c.to_string()).collect();
         rows.push(vec![
             b.id.to_string(),
-            b.name.clone().unwrap_or_else(|| "-".into()),
+            b.name
+                .as_deref()
+                .map_or_else(|| "-".into(), tether::config::escape_name),
             b.origin.clone(),
             b.uid.to_string(),
             b.parent.to_string(),
@@ -490,7 +492,10 @@ fn exec(
             pidfd: self_idx,
         }],
         BindingOptions {
-            name: options.name.clone().or_else(|| Some(program.clone())),
+            name: options
+                .name
+                .clone()
+                .or_else(|| tether::config::name_for_program(program)),
             ..options
         },
     );

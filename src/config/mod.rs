@@ -9,6 +9,7 @@
 
 mod error;
 mod model;
+mod name;
 mod raw;
 mod validate;
 
@@ -16,6 +17,9 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::{
     BackendKind, BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
     PidfileBindingSpec, ProcSpec, Signal,
+};
+pub use name::{
+    check_name, escape_name, is_hidden, name_for_program, quote_name, MAX_NAME_CHARS, NAME_RULE,
 };
 pub use validate::{parse_duration, parse_kill, parse_poll_interval, parse_signal};
 

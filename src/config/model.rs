@@ -59,7 +59,7 @@ impl PidfileBindingSpec {
             PidSource::Pidfile(path) => path.display().to_string(),
         };
         match &self.name {
-            Some(name) => format!("binding \"{name}\""),
+            Some(name) => format!("binding {}", super::name::quote_name(name)),
             None => {
                 let children: Vec<String> = self.children.iter().map(show).collect();
                 format!("binding {}->{}", show(&self.parent), children.join(","))
@@ -208,7 +208,7 @@ impl BindingSpec {
     /// A short label for log lines: the name, or `PARENT->CHILD[,CHILD...]`.
     pub fn label(&self) -> String {
         match &self.name {
-            Some(name) => format!("\"{name}\""),
+            Some(name) => super::name::quote_name(name),
             None => {
                 let children: Vec<String> =
                     self.children.iter().map(|c| c.pid.to_string()).collect();

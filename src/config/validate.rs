@@ -20,6 +20,7 @@ use super::model::{
     BackendKind, BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
     PidfileBindingSpec, ProcSpec, Signal,
 };
+use super::name::{check_name, quote_name};
 use super::raw::{self, Entry, RawConfig, SyntaxError, Table, Value, TOP_LEVEL_KEYS};
 
 /// Keys of `[daemon]`.
@@ -52,8 +53,6 @@ const BINDING_KEYS: [&str; 13] = [
 /// Keys of an inline table in `children`.
 const CHILD_ENTRY_KEYS: [&str; 3] = ["pid", "start", "inode"];
 
-/// The longest binding name, in characters.
-const MAX_NAME_CHARS: usize = 64;
 /// The longest grace period, in milliseconds (24 hours).
 const MAX_GRACE_MILLIS: u64 = 24 * 60 * 60 * 1000;
 /// The start of every duration error, so that all of them read alike.
@@ -573,6 +572,9 @@ fn defaults(table: &Table<'_>, problems: &mut Vec<Problem>) -> Defaults {
     }
 }
 
+/// A checked pin (`*_start` or `*_inode`) and where its value is written.
+type Pin = Option<(u64, Range<usize>)>;
+
 /// A process of a binding that passed its own checks, with the places the
 /// cross-binding checks point at.
 #[derive(Debug)]
@@ -683,7 +685,7 @@ fn binding(
     let label = match &name {
         Some(name) => {
             names.insert(name.clone(), binding_idx);
-            format!("binding \"{name}\"")
+            format!("binding {}", quote_name(name))
         }
         None => index_label,
     };
@@ -703,10 +705,17 @@ fn binding(
         }
         pid(value)
     });
-    let parent_start = cx.field(table, "parent_start", start_time);
-    let parent_inode = cx.field(table, "parent_inode", inode);
-    let child_start = cx.field(table, "child_start", start_time);
-    let child_inode = cx.field(table, "child_inode", inode);
+    // Every key is read once, here: the pidfile form below gets the values.
+    let parent_file = table.contains_key("parent_pidfile");
+    let child_file = table.contains_key("child_pidfile");
+    let (parent_start, parent_inode) = pins(
+        &mut cx,
+        table,
+        parent_file,
+        ["parent_start", "parent_inode"],
+    );
+    let (child_start, child_inode) =
+        pins(&mut cx, table, child_file, ["child_start", "child_inode"]);
     let signal = cx
         .field(table, "signal", signal)
         .map_or(defaults.signal, |(v, _)| v);
@@ -717,11 +726,23 @@ fn binding(
         .field(table, "kill", kill)
         .map_or(defaults.kill, |(v, _)| v);
 
-    if table.contains_key("parent_pidfile") || table.contains_key("child_pidfile") {
+    if parent_file || child_file {
         let n_before = cx.problems.len();
-        let spec = pidfile_binding(&mut cx, value, table, name, signal, grace, kill);
-        if let Some(spec) = spec.filter(|_| cx.problems.len() == n_before) {
-            pidfile_bindings.push(spec);
+        let parent = parent.map(|(pid, _)| ProcSpec {
+            pid,
+            start: parent_start.map(|(start, _)| start),
+            inode: parent_inode.map(|(inode, _)| inode),
+        });
+        let sides = pidfile_sides(&mut cx, value, table, parent, [child_start, child_inode]);
+        if let Some((parent, children)) = sides.filter(|_| cx.problems.len() == n_before) {
+            pidfile_bindings.push(PidfileBindingSpec {
+                name,
+                parent,
+                children,
+                signal,
+                grace,
+                kill,
+            });
         }
         return None;
     }
@@ -733,43 +754,13 @@ fn binding(
             "missing \"parent\" (the pid to watch)".to_string(),
         );
     }
-    let children = match (
-        table.get_key_value("child"),
-        table.get_key_value("children"),
-    ) {
-        (None, None) => {
-            cx.error(
-                value.span(),
-                None,
-                "missing \"child\" or \"children\" (the pids to signal)".to_string(),
-            );
-            Vec::new()
-        }
-        (Some((child_key, _)), Some((children_key, children_value))) => {
-            // Check both values anyway, so that fixing this is the last step.
-            single_child(&mut cx, table, None, None);
-            entries(&mut cx, children_value);
-            let later = if child_key.span().start > children_key.span().start {
-                child_key.span()
-            } else {
-                children_key.span()
-            };
-            cx.error(
-                later,
-                None,
-                "\"child\" and \"children\" are mutually exclusive".to_string(),
-            );
-            Vec::new()
-        }
-        (Some(_), None) => single_child(&mut cx, table, child_start, child_inode)
-            .into_iter()
-            .collect(),
-        (None, Some((_, children_value))) => {
-            let children = entries(&mut cx, children_value);
-            pins_need_entries(&mut cx, table, &children, [child_start, child_inode]);
-            children
-        }
-    };
+    let children = children(
+        &mut cx,
+        value,
+        table,
+        [child_start, child_inode],
+        "missing \"child\" or \"children\" (the pids to signal)",
+    );
 
     if let Some((parent_pid, _)) = &parent {
         for child in children
@@ -784,16 +775,6 @@ fn binding(
                     "children"
                 }),
                 format!("pid {parent_pid} is both parent and child"),
-            );
-        }
-    }
-    let mut seen = HashSet::new();
-    for child in &children {
-        if !seen.insert(child.spec.pid) {
-            cx.error(
-                child.pid_span.clone(),
-                Some("children"),
-                format!("pid {} is listed twice", child.spec.pid),
             );
         }
     }
@@ -830,33 +811,18 @@ fn binding(
 /// Checks a binding's `name`, which must not be used by an earlier one.
 fn binding_name(value: &Value<'_>, names: &HashMap<String, usize>) -> Result<String, String> {
     let name = string(value)?;
-    if name.is_empty() {
-        return Err("empty name (remove the key or write a label)".to_string());
-    }
-    if name.chars().any(char::is_control) {
-        return Err(format!("name {name:?} contains a control character"));
-    }
-    let n_chars = name.chars().count();
-    if n_chars > MAX_NAME_CHARS {
-        return Err(format!(
-            "name is {n_chars} characters long (at most {MAX_NAME_CHARS})"
-        ));
-    }
+    check_name(name)?;
     if let Some(first_idx) = names.get(name) {
         return Err(format!(
-            "name {name:?} is already used by binding {first_idx}"
+            "name {} is already used by binding {first_idx}",
+            quote_name(name)
         ));
     }
     Ok(name.to_string())
 }
 
 /// `child`, pinned by `child_start` and `child_inode`.
-fn single_child(
-    cx: &mut Cx<'_>,
-    table: &Table<'_>,
-    start: Option<(u64, Range<usize>)>,
-    inode: Option<(u64, Range<usize>)>,
-) -> Option<Member> {
+fn single_child(cx: &mut Cx<'_>, table: &Table<'_>, start: Pin, inode: Pin) -> Option<Member> {
     let (pid, pid_span) = cx.field(table, "child", |value| {
         if matches!(value.get_ref(), DeValue::Array(_)) {
             return Err(
@@ -878,18 +844,91 @@ fn single_child(
     })
 }
 
-/// A binding with `parent_pidfile` or `child_pidfile`: each side is a pid
-/// or a pidfile, never both. A pidfile's process has no pin in the file:
-/// it is pinned when the daemon reads the pidfile.
-fn pidfile_binding(
+/// The pins of one side (`parent_start` and `parent_inode`, or
+/// `child_start` and `child_inode`), each checked once; beside a pidfile
+/// they are refused instead (its process is pinned when the file is read).
+fn pins(
+    cx: &mut Cx<'_>,
+    table: &Table<'_>,
+    beside_pidfile: bool,
+    [start_key, inode_key]: [&'static str; 2],
+) -> (Pin, Pin) {
+    if beside_pidfile {
+        no_pins(cx, table, [start_key, inode_key]);
+        return (None, None);
+    }
+    (
+        cx.field(table, start_key, start_time),
+        cx.field(table, inode_key, inode),
+    )
+}
+
+/// The children given by pid: `child` (pinned by `child_start` and
+/// `child_inode`, already checked and passed as `pins`) or `children`;
+/// `missing` is the error when neither is there.
+fn children(
     cx: &mut Cx<'_>,
     value: &Value<'_>,
     table: &Table<'_>,
-    name: Option<String>,
-    signal: Signal,
-    grace: Grace,
-    kill: KillMode,
-) -> Option<PidfileBindingSpec> {
+    [start, inode]: [Pin; 2],
+    missing: &str,
+) -> Vec<Member> {
+    let children = match (
+        table.get_key_value("child"),
+        table.get_key_value("children"),
+    ) {
+        (None, None) => {
+            cx.error(value.span(), None, missing.to_string());
+            Vec::new()
+        }
+        (Some((child_key, _)), Some((children_key, children_value))) => {
+            // Check both values anyway, so that fixing this is the last step.
+            single_child(cx, table, None, None);
+            entries(cx, children_value);
+            let later = if child_key.span().start > children_key.span().start {
+                child_key.span()
+            } else {
+                children_key.span()
+            };
+            cx.error(
+                later,
+                None,
+                "\"child\" and \"children\" are mutually exclusive".to_string(),
+            );
+            Vec::new()
+        }
+        (Some(_), None) => single_child(cx, table, start, inode).into_iter().collect(),
+        (None, Some((_, children_value))) => {
+            let children = entries(cx, children_value);
+            pins_need_entries(cx, table, &children, [start, inode]);
+            children
+        }
+    };
+    let mut seen = HashSet::new();
+    for child in &children {
+        if !seen.insert(child.spec.pid) {
+            cx.error(
+                child.pid_span.clone(),
+                Some("children"),
+                format!("pid {} is listed twice", child.spec.pid),
+            );
+        }
+    }
+    children
+}
+
+/// The parent and children of a binding with `parent_pidfile` or
+/// `child_pidfile`: each side is a pid or a pidfile, never both. `parent`
+/// and `child_pins` are the values [`binding`] already checked (each key
+/// is read once); a pidfile's process has no pin in the file: it is pinned
+/// when the daemon reads the pidfile.
+fn pidfile_sides(
+    cx: &mut Cx<'_>,
+    value: &Value<'_>,
+    table: &Table<'_>,
+    parent: Option<ProcSpec>,
+    child_pins: [Pin; 2],
+) -> Option<(PidSource, Vec<PidSource>)> {
     let both = |cx: &mut Cx<'_>, key: &'static str, other: &str| {
         if let Some((k, _)) = table.get_key_value(key) {
             cx.error(
@@ -901,12 +940,9 @@ fn pidfile_binding(
     };
     let parent = if table.contains_key("parent_pidfile") {
         both(cx, "parent", "parent_pidfile");
-        no_pins(cx, table, ["parent_start", "parent_inode"]);
         cx.field(table, "parent_pidfile", pidfile_path)
             .map(|(path, _)| PidSource::Pidfile(path.into()))
     } else {
-        let start = cx.field(table, "parent_start", start_time).map(|(v, _)| v);
-        let inode = cx.field(table, "parent_inode", inode).map(|(v, _)| v);
         if !table.contains_key("parent") {
             cx.error(
                 value.span(),
@@ -914,46 +950,30 @@ fn pidfile_binding(
                 "missing \"parent\" or \"parent_pidfile\"".to_string(),
             );
         }
-        cx.field(table, "parent", pid)
-            .map(|(pid, _)| PidSource::Pid(ProcSpec { pid, start, inode }))
+        parent.map(PidSource::Pid)
     };
     let children = if table.contains_key("child_pidfile") {
         both(cx, "child", "child_pidfile");
         both(cx, "children", "child_pidfile");
-        no_pins(cx, table, ["child_start", "child_inode"]);
         cx.field(table, "child_pidfile", pidfile_path)
             .map(|(path, _)| vec![PidSource::Pidfile(path.into())])
             .unwrap_or_default()
-    } else if let Some(children) = table.get("children") {
-        entries(cx, children)
-            .into_iter()
-            .map(|m| PidSource::Pid(m.spec))
-            .collect()
-    } else if table.contains_key("child") {
-        let start = cx.field(table, "child_start", start_time);
-        let inode = cx.field(table, "child_inode", inode);
-        single_child(cx, table, start, inode)
-            .map(|m| vec![PidSource::Pid(m.spec)])
-            .unwrap_or_default()
     } else {
-        cx.error(
-            value.span(),
-            None,
-            "missing \"child\", \"children\" or \"child_pidfile\"".to_string(),
-        );
-        Vec::new()
+        children(
+            cx,
+            value,
+            table,
+            child_pins,
+            "missing \"child\", \"children\" or \"child_pidfile\"",
+        )
+        .into_iter()
+        .map(|child| PidSource::Pid(child.spec))
+        .collect()
     };
     if children.is_empty() {
         return None;
     }
-    Some(PidfileBindingSpec {
-        name,
-        parent: parent?,
-        children,
-        signal,
-        grace,
-        kill,
-    })
+    Some((parent?, children))
 }
 
 /// Refuses pins beside a pidfile: its process is pinned when the daemon
@@ -1085,12 +1105,7 @@ fn entry(cx: &mut Cx<'_>, item: &Value<'_>) -> Option<Member> {
 /// entry carries its own pins.
 /// `checked` holds the values of `child_start` and `child_inode` if they are
 /// valid, to make the example in the message the user's own.
-fn pins_need_entries(
-    cx: &mut Cx<'_>,
-    table: &Table<'_>,
-    children: &[Member],
-    checked: [Option<(u64, Range<usize>)>; 2],
-) {
+fn pins_need_entries(cx: &mut Cx<'_>, table: &Table<'_>, children: &[Member], checked: [Pin; 2]) {
     let pid = children.first().map_or(4343, |child| child.spec.pid.get());
     let keys = [
         ("child_start", "start", 8_812_399),
@@ -1816,8 +1831,11 @@ children = [{ pid = 12, strat = 3 }, "x", { start = 1 }, { pid = 13, start = -1,
                  [[binding]]\nname = 7\nparent = 2\nchild = 6\n"
             ),
             &[
-                "t.toml:2:8: binding 1: name: empty name (remove the key or write a label)",
-                r#"t.toml:6:8: binding 2: name: name "a\u{7}" contains a control character"#,
+                "t.toml:2:8: binding 1: name: empty name (leave the name out or write a label)",
+                &format!(
+                    r#"t.toml:6:8: binding 2: name: name "a\u{{0007}}" has U+0007 at character 2, a control character ({})"#,
+                    crate::config::NAME_RULE
+                ),
                 "t.toml:10:8: binding 3: name: name is 65 characters long (at most 64)",
                 "t.toml:14:8: binding 4: name: expected a string, found an integer",
             ],

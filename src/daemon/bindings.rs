@@ -335,6 +335,23 @@ mod tests {
         }
     }
 
+    /// A name that passed no check (an older state file) is still printed
+    /// in quotes it cannot close, with nothing hidden.
+    #[test]
+    fn labels_quote_and_escape_the_name() {
+        let mut b = binding(10);
+        assert_eq!(b.label(), "binding 10->11");
+        Rc::make_mut(&mut b.spec).name = Some("x\" #1 (uid 0): removed\u{2028}\u{202E}".into());
+        b.origin = Origin::Socket { uid: 1000 };
+        b.id = 7;
+        assert_eq!(
+            b.label(),
+            r#"binding "x\" #1 (uid 0): removed\u{2028}\u{202E}" #7 (uid 1000)"#
+        );
+        Rc::make_mut(&mut b.spec).name = Some("qemu-nbd: disk 1".into());
+        assert_eq!(b.label(), r#"binding "qemu-nbd: disk 1" #7 (uid 1000)"#);
+    }
+
     #[test]
     fn tokens_resolve_to_member_and_die_with_binding() {
         let mut bindings = Bindings::default();

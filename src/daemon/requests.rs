@@ -799,14 +799,9 @@ fn peer_pid(peer: &PeerCred) -> String {
     peer.pid.map_or_else(|| "?".into(), |pid| pid.to_string())
 }
 
-/// A binding name: what the config accepts.
+/// A binding name: the configuration's one rule.
 fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err(format!(
-            "name: {name:?} is not a valid name (1 to 64 characters, no control characters)"
-        ));
-    }
-    Ok(())
+    crate::config::check_name(name).map_err(|why| format!("name: {why}"))
 }
 
 /// A response as one line of JSON.

@@ -565,3 +565,24 @@ pub fn as_user(uid: u32, gid: u32, argv: &[&str]) -> std::process::Command {
         .stdin(std::process::Stdio::null());
     cmd
 }
+
+/// Whether `c` would break, hide or reorder the text of a log line around
+/// it: controls, line and paragraph separators, bidirectional controls,
+/// zero-width and other invisible characters, spaces other than U+0020,
+/// tags. Written out here, not taken from tetherd, so that tests check the
+/// daemon against an independent list.
+pub fn hides_text(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00A0}'
+                | '\u{00AD}'
+                | '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202F}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{3000}'
+                | '\u{FEFF}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+}
