@@ -1678,6 +1678,11 @@ fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
             inode: p.inode,
         })
     };
+    // A state file written by an older tetherd, or by hand, may hold a
+    // name today's rule refuses: the binding is dropped with the reason.
+    if let Some(name) = &saved.name {
+        config::check_name(name)?;
+    }
     Ok(BindingSpec {
         name: saved.name.clone(),
         parent: proc(&saved.parent)?,
