@@ -51,3 +51,5 @@ mod reuse;
 mod scale;
 #[cfg(target_os = "linux")]
 mod torture;
+#[cfg(target_os = "linux")]
+mod trust;
