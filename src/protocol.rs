@@ -176,6 +176,11 @@ pub struct Response {
     /// Further error lines (a refused reload's configuration errors).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Something the client should tell its user although the request
+    /// succeeded, one line: a bind whose parent was not running (its
+    /// children were signalled at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// The new binding's id (bind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
@@ -199,6 +204,7 @@ impl Response {
             error: None,
             code: None,
             errors: Vec::new(),
+            warning: None,
             id: None,
             bindings: None,
             status: None,

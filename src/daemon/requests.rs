@@ -250,9 +250,10 @@ impl<B: Backend> Daemon<B> {
         };
         match request.op {
             Op::Bind(bind) => match self.bind(peer, bind, fds) {
-                Ok(id) => (
+                Ok((id, warning)) => (
                     Response {
                         id: Some(id),
+                        warning,
                         ..Response::ok()
                     },
                     Ack::Bind(id),
@@ -326,13 +327,14 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    /// Makes a socket binding; returns its id.
+    /// Makes a socket binding; returns its id, and a warning for the
+    /// client when the parent was not running.
     fn bind(
         &mut self,
         peer: &PeerCred,
         req: BindRequest,
         fds: Vec<OwnedFd>,
-    ) -> Result<u64, String> {
+    ) -> Result<(u64, Option<String>), String> {
         let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
         if let Some(name) = &req.name {
             check_name(name)?;
@@ -383,6 +385,7 @@ impl<B: Backend> Daemon<B> {
             ));
         }
 
+        let mut warning = None;
         let parent = match self.open_ref(&req.parent, parent_pid, &mut fds)? {
             Proven::Live(member, identity) => Some((member, identity)),
             Proven::Gone(why) if req.require_live_parent => {
@@ -392,6 +395,9 @@ impl<B: Backend> Daemon<B> {
             }
             Proven::Gone(why) => {
                 info!("socket bind: parent {parent_pid} is already gone ({why}); acting at once");
+                warning = Some(format!(
+                    "the parent {parent_pid} is not running ({why}); the children were signalled at once"
+                ));
                 None
             }
         };
@@ -441,7 +447,7 @@ impl<B: Backend> Daemon<B> {
                     peer_pid(peer),
                     children_pids.join(",")
                 );
-                Ok(public_id)
+                Ok((public_id, warning))
             }
             None => Err(self
                 .last_refusal
