@@ -225,3 +225,179 @@ fn a_fifo_at_the_pins_path_neither_hangs_start_up_nor_blocks_sigterm() {
     );
     eprintln!("ready in {to_ready:?}, stopped {to_stop:?} after SIGTERM");
 }
+
+/// Serves a fake tetherd at `socket` as `uid`: the directory is created
+/// (0755, theirs) and every line gets `{"ok":true,"id":1}`.
+fn fake_daemon(uid: u32, gid: u32, socket: &Path) -> Proc {
+    const SCRIPT: &str = r#"
+        use IO::Socket::UNIX; use File::Basename;
+        my $path = shift;
+        mkdir dirname($path), 0755;
+        my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Local => $path, Listen => 16)
+            or die "listen: $!";
+        chmod 0777, $path;
+        while (my $c = $s->accept) { my $l = <$c>; print $c qq({"v":1,"ok":true,"id":1}\n); close $c; }
+    "#;
+    let child = as_user(uid, gid, &["perl", "-e", SCRIPT, socket.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let fake = Proc::from_child(child);
+    assert!(
+        wait_until(TIMEOUT, || fs::symlink_metadata(socket).is_ok()),
+        "the fake daemon did not start"
+    );
+    fake
+}
+
+/// A uid with no account, for a victim whose /tmp/tether-UID/ no other
+/// test run uses.
+fn victim_uid() -> u32 {
+    70_000 + std::process::id() % 10_000
+}
+
+/// `tetherctl ARGS` as `uid` without XDG_RUNTIME_DIR (as after su, sudo -u
+/// or in cron), the system socket at `system`: (exit code, stderr).
+fn tetherctl_as(uid: u32, system: &Path, args: &[&str]) -> (i32, String) {
+    let mut argv = vec![TETHERCTL];
+    argv.extend(args);
+    let out = as_user(uid, uid, &argv)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TETHER_SYSTEM_SOCKET", system)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Another user squats /tmp/tether-VICTIM/ and serves a fake daemon that
+/// answers "ok" to everything. The victim's `tetherctl exec` (no
+/// XDG_RUNTIME_DIR, no system daemon) refuses with exit 3 and does not
+/// run the command; pointed at the fake socket explicitly, the peer
+/// credentials refuse it too.
+#[test]
+fn a_squatted_user_socket_never_lets_exec_run_untethered() {
+    if !is_root() {
+        eprintln!("skipped: running two other users needs root");
+        return;
+    }
+    let Some((attacker, attacker_gid)) = test_user() else {
+        return;
+    };
+    if Command::new("perl").arg("-e1").status().is_err() {
+        eprintln!("skipped: the fake daemon is a perl script and perl is missing");
+        return;
+    }
+    let victim = victim_uid();
+    let squat = std::path::PathBuf::from(format!("/tmp/tether-{victim}"));
+    let _ = fs::remove_dir_all(&squat);
+    let socket = squat.join("tether.sock");
+    let _fake = fake_daemon(attacker, attacker_gid, &socket);
+    let tmp = tempfile::tempdir().unwrap();
+    let system = tmp.path().join("no-system-daemon.sock");
+
+    let (code, err) = tetherctl_as(victim, &system, &["exec", "--", "sh", "-c", "exit 42"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: the socket directory is owned by uid {attacker}, neither root nor you (uid {victim})",
+            squat.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("not starting sh untethered"), "{err}");
+
+    let (code, err) = tetherctl_as(
+        victim,
+        &system,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "exit 42",
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the server runs as uid {attacker}, neither root nor you (uid {victim}); refusing to talk to it"
+        )),
+        "{err}"
+    );
+    let _ = fs::remove_dir_all(&squat);
+}
+
+/// A stale per-user socket (its daemon gone, nothing listening) does not
+/// hide the system daemon: `status` and `exec` fall through to it.
+#[test]
+fn a_stale_user_socket_falls_through_to_the_system_daemon() {
+    if !is_root() {
+        eprintln!("skipped: running as another user needs root");
+        return;
+    }
+    let daemon = TestDaemon::start("");
+    chmod(daemon.path(), 0o755);
+    let victim = victim_uid() + 1;
+    let own_dir = std::path::PathBuf::from(format!("/tmp/tether-{victim}"));
+    let _ = fs::remove_dir_all(&own_dir);
+    fs::create_dir(&own_dir).unwrap();
+    let stale = own_dir.join("tether.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    chown(&stale, victim, victim);
+    chown(&own_dir, victim, victim);
+    chmod(&own_dir, 0o700);
+
+    let (code, err) = tetherctl_as(victim, &daemon.socket, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = tetherctl_as(
+        victim,
+        &daemon.socket,
+        &["exec", "--", "sh", "-c", "exit 42"],
+    );
+    assert_eq!(code, 42, "the command did not run tethered: {err}");
+    daemon.wait_log("bound by pid");
+    let _ = fs::remove_dir_all(&own_dir);
+}
+
+/// The daemon's side: it refuses a socket directory another user owns
+/// (as one squatted in /tmp would be) rather than serve from it.
+#[test]
+fn the_daemon_refuses_a_socket_directory_another_user_owns() {
+    if !is_root() {
+        eprintln!("skipped: making another user's directory needs root");
+        return;
+    }
+    let Some((uid, gid)) = test_user() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("squatted");
+    fs::create_dir(&dir).unwrap();
+    chown(&dir, uid, gid);
+    chmod(&dir, 0o755);
+    let config = tmp.path().join("tether.toml");
+    fs::write(&config, "").unwrap();
+    let socket = dir.join("tether.sock");
+    let state = tmp.path().join("state/state.json");
+    let (code, _, err) = run_tetherd(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--state",
+        state.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "the socket directory is owned by uid {uid}, not by this daemon's uid 0 or root"
+        )),
+        "{err}"
+    );
+    assert!(!socket.exists());
+}
