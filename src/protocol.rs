@@ -178,13 +178,14 @@ pub struct Response {
     /// plain refusal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
-    /// Something the client should be told although the request
-    /// succeeded (a bind whose parent was not running acted at once).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warning: Option<String>,
     /// Further error lines (a refused reload's configuration errors).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Something the client should tell its user although the request
+    /// succeeded, one line: a bind whose parent was not running (its
+    /// children were signalled at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// The new binding's id (bind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
@@ -207,8 +208,8 @@ impl Response {
             ok: true,
             error: None,
             code: None,
-            warning: None,
             errors: Vec::new(),
+            warning: None,
             id: None,
             bindings: None,
             status: None,

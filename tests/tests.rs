@@ -36,6 +36,8 @@ mod control;
 #[cfg(target_os = "linux")]
 mod hostile;
 #[cfg(target_os = "linux")]
+mod exec;
+#[cfg(target_os = "linux")]
 mod kill_modes;
 #[cfg(target_os = "linux")]
 mod lifecycle;
@@ -55,3 +57,5 @@ mod reuse;
 mod scale;
 #[cfg(target_os = "linux")]
 mod torture;
+#[cfg(target_os = "linux")]
+mod trust;

@@ -5,9 +5,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -45,13 +46,17 @@ Exit status:
   0    success
   1    the daemon refused the request (the reason is printed)
   2    usage error
-  3    no tetherd answered on the socket
-  4    exec: the parent is already gone; the command was not started
+  3    no trustworthy tetherd answered (none listening, or the server is
+       neither root nor you)
+  4    exec: the launcher (or --parent) is already gone; the command was
+       not started
   126  exec: the command could not be run
   127  exec: the command was not found
 
 Environment:
-  TETHER_SOCKET  the control socket (overridden by --socket)
+  TETHER_SOCKET         the control socket (overridden by --socket)
+  TETHER_SYSTEM_SOCKET  where the system daemon listens [default:
+                        /run/tether/tether.sock]; for tests
 
 See tetherctl(1) and docs/protocol.md.";
 
@@ -62,8 +67,9 @@ See tetherctl(1) and docs/protocol.md.";
 struct Cli {
     /// The control socket [default: $TETHER_SOCKET, else
     /// /run/tether/tether.sock as root; otherwise
-    /// $XDG_RUNTIME_DIR/tether/tether.sock if it exists, else the system
-    /// socket /run/tether/tether.sock]
+    /// $XDG_RUNTIME_DIR/tether/tether.sock (or /tmp/tether-UID/tether.sock)
+    /// if a daemon of yours listens there, else the system socket
+    /// /run/tether/tether.sock]. The server must be root or you
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
 
@@ -140,14 +146,158 @@ struct BindingOptions {
     name: Option<String>,
 }
 
-/// The user's own daemon if one is listening, else the system daemon.
-fn default_socket() -> PathBuf {
-    let own = tether::paths::default_socket();
-    let system = PathBuf::from("/run/tether/tether.sock");
-    if own != system && !own.exists() && system.exists() {
-        return system;
+/// Which socket to talk to.
+#[derive(Debug)]
+enum Target {
+    /// `--socket` or `TETHER_SOCKET`: only this one.
+    Explicit(PathBuf),
+    /// The user's own daemon if one listens, else the system daemon.
+    Default,
+}
+
+/// Where the system daemon listens: `TETHER_SYSTEM_SOCKET` (an absolute
+/// path; for tests), else /run/tether/tether.sock.
+fn system_socket() -> PathBuf {
+    std::env::var_os("TETHER_SYSTEM_SOCKET")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from("/run/tether/tether.sock"))
+}
+
+/// Why a default socket's directory is not used.
+#[derive(Debug, PartialEq, Eq)]
+enum DirProblem {
+    /// It does not exist (or cannot be looked at): nobody serves there.
+    Missing,
+    /// Someone other than root and the caller could have put the socket
+    /// there; says who or why.
+    Untrusted(String),
+}
+
+/// Checks the directory of a default socket: a real directory (not a
+/// symlink) owned by root or the caller (`me`) and writable by nobody
+/// else. Anyone can create `/tmp/tether-UID/` for another uid and serve a
+/// fake daemon in it; such a directory is never used.
+fn check_socket_dir(socket: &Path, me: u32) -> Result<(), DirProblem> {
+    let dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let meta = std::fs::symlink_metadata(dir).map_err(|_| DirProblem::Missing)?;
+    let untrusted = |why: String| {
+        Err(DirProblem::Untrusted(format!(
+            "{}: the socket directory {why}",
+            dir.display()
+        )))
+    };
+    if !meta.file_type().is_dir() {
+        return untrusted("is not a directory (a symlink?)".into());
     }
-    own
+    if meta.uid() != 0 && meta.uid() != me {
+        return untrusted(format!(
+            "is owned by uid {}, neither root nor you (uid {me})",
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return untrusted(format!("is writable by others (mode {mode:04o})"));
+    }
+    Ok(())
+}
+
+/// Checks whom `stream` talks to: the server's uid (from the kernel) must
+/// be root or the caller's, or the "daemon" could be any user's program
+/// that answers "ok" and leaves the command untethered.
+fn check_peer(stream: &UnixStream, socket: &Path) -> Result<(), (Exit, String)> {
+    let me = nix::unistd::geteuid().as_raw();
+    let peer = tether::sys::peer_credentials(stream).map_err(|err| {
+        (
+            Exit::NoDaemon,
+            format!(
+                "{}: cannot tell who serves this socket ({err}); refusing to use it",
+                socket.display()
+            ),
+        )
+    })?;
+    if peer.uid != 0 && peer.uid != me {
+        return Err((
+            Exit::NoDaemon,
+            format!(
+                "{}: the server runs as uid {}, neither root nor you (uid {me}); refusing to talk to it (a socket planted by another user?)",
+                socket.display(),
+                peer.uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Connects to the daemon `target` names and proves who it is.
+fn connect(target: &Target) -> Result<(UnixStream, PathBuf), (Exit, String)> {
+    let open = |socket: &Path, passed: &[String]| {
+        let stream = UnixStream::connect(socket).map_err(|err| {
+            let mut message = format!("no tetherd answers at {}: {err}", socket.display());
+            for why in passed {
+                message.push_str(&format!(" (passed over {why})"));
+            }
+            (Exit::NoDaemon, message)
+        })?;
+        Ok((stream, socket.to_owned()))
+    };
+    let (stream, socket) = match target {
+        Target::Explicit(socket) => open(socket, &[])?,
+        Target::Default => {
+            let own = tether::paths::default_socket();
+            let me = nix::unistd::geteuid().as_raw();
+            match choose_default(&own, &system_socket(), me, |p| UnixStream::connect(p)) {
+                Choice::Own(stream) => (stream, own),
+                Choice::System(system, passed) => {
+                    for why in passed.iter().filter(|why| why.contains("socket directory")) {
+                        eprintln!("tetherctl: warning: ignoring {why}");
+                    }
+                    open(&system, &passed)?
+                }
+            }
+        }
+    };
+    check_peer(&stream, &socket)?;
+    Ok((stream, socket))
+}
+
+/// Which default socket to use.
+#[derive(Debug)]
+enum Choice<S> {
+    /// The user's own daemon accepted: this connection.
+    Own(S),
+    /// The system daemon's socket, with why the user's own was passed over
+    /// (nothing when it simply is not there).
+    System(PathBuf, Vec<String>),
+}
+
+/// The user's own socket (`own`) when its directory is trustworthy and
+/// something accepts on it, else the system one. A stale socket file with
+/// nothing listening, or a directory another user could have made, does
+/// not hide the system daemon.
+fn choose_default<S>(
+    own: &Path,
+    system: &Path,
+    me: u32,
+    connect: impl FnOnce(&Path) -> std::io::Result<S>,
+) -> Choice<S> {
+    let system_with = |passed: Vec<String>| Choice::System(system.to_owned(), passed);
+    if own == system {
+        return system_with(Vec::new());
+    }
+    match check_socket_dir(own, me) {
+        Err(DirProblem::Missing) => system_with(Vec::new()),
+        Err(DirProblem::Untrusted(why)) => system_with(vec![why]),
+        Ok(()) => match connect(own) {
+            Ok(stream) => Choice::Own(stream),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => system_with(Vec::new()),
+            Err(err) => system_with(vec![format!("{}: {err}", own.display())]),
+        },
+    }
 }
 
 fn parse_proc(s: &str) -> Result<ProcRef, String> {
@@ -186,11 +336,14 @@ fn check_kill(s: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let socket = cli
+    let socket = match cli
         .socket
         .clone()
         .or_else(|| std::env::var_os("TETHER_SOCKET").map(PathBuf::from))
-        .unwrap_or_else(default_socket);
+    {
+        Some(path) => Target::Explicit(path),
+        None => Target::Default,
+    };
     let result = match cli.command {
         Command::Bind {
             parent,
@@ -220,13 +373,8 @@ fn main() -> ExitCode {
 type Outcome = Result<Exit, (Exit, String)>;
 
 /// One request, one response, over a fresh connection.
-fn request(socket: &PathBuf, op: Op, fds: &[BorrowedFd<'_>]) -> Result<Response, (Exit, String)> {
-    let stream = UnixStream::connect(socket).map_err(|err| {
-        (
-            Exit::NoDaemon,
-            format!("no tetherd answers at {}: {err}", socket.display()),
-        )
-    })?;
+fn request(target: &Target, op: Op, fds: &[BorrowedFd<'_>]) -> Result<Response, (Exit, String)> {
+    let (stream, socket) = connect(target)?;
     let timeout = Some(Duration::from_secs(30));
     let _ = stream.set_read_timeout(timeout);
     let _ = stream.set_write_timeout(timeout);
@@ -267,12 +415,24 @@ fn request(socket: &PathBuf, op: Op, fds: &[BorrowedFd<'_>]) -> Result<Response,
             message.push_str("\n  ");
             message.push_str(line);
         }
-        return Err((Exit::Refused, message));
+        return Err((refusal_exit(response.code.as_deref()), message));
+    }
+    if let Some(warning) = &response.warning {
+        eprintln!("tetherctl: warning: {warning}");
     }
     Ok(response)
 }
 
-fn simple(socket: &PathBuf, op: Op) -> Result<Response, (Exit, String)> {
+/// The exit status for a refusal with `code`: `parent_gone` is 4; any
+/// other code, known or not, and none at all, is 1.
+fn refusal_exit(code: Option<&str>) -> Exit {
+    match code {
+        Some("parent_gone") => Exit::ParentGone,
+        _ => Exit::Refused,
+    }
+}
+
+fn simple(socket: &Target, op: Op) -> Result<Response, (Exit, String)> {
     request(socket, op, &[])
 }
 
@@ -289,7 +449,7 @@ fn bind_request(parent: ProcRef, children: Vec<ProcRef>, options: BindingOptions
 }
 
 fn bind(
-    socket: &PathBuf,
+    socket: &Target,
     parent: ProcRef,
     children: Vec<ProcRef>,
     options: BindingOptions,
@@ -304,7 +464,7 @@ fn bind(
     }
 }
 
-fn list(socket: &PathBuf, json: bool) -> Outcome {
+fn list(socket: &Target, json: bool) -> Outcome {
     let response = simple(socket, Op::List)?;
     let bindings = response.bindings.unwrap_or_default();
     if json {
@@ -363,7 +523,7 @@ fn table(bindings: &[BindingInfo]) -> String {
     out
 }
 
-fn status(socket: &PathBuf, json: bool) -> Outcome {
+fn status(socket: &Target, json: bool) -> Outcome {
     let response = simple(socket, Op::Status)?;
     let Some(status) = response.status else {
         return Err((Exit::Refused, "the daemon answered without a status".into()));
@@ -393,7 +553,7 @@ fn status(socket: &PathBuf, json: bool) -> Outcome {
     Ok(Exit::Ok)
 }
 
-fn reload(socket: &PathBuf) -> Outcome {
+fn reload(socket: &Target) -> Outcome {
     let response = simple(socket, Op::Reload)?;
     if let Some(r) = response.reload {
         println!(
@@ -407,7 +567,7 @@ fn reload(socket: &PathBuf) -> Outcome {
 /// `tetherctl exec`: bind the launcher (or `--parent`) to this process,
 /// then become CMD, which keeps this pid and so stays bound.
 fn exec(
-    socket: &PathBuf,
+    socket: &Target,
     parent: Option<ProcRef>,
     fallback: bool,
     options: BindingOptions,
@@ -426,6 +586,19 @@ fn exec(
         Some(p) => p.pid,
         None => nix::unistd::getppid().as_raw(),
     };
+    if own_parent && ppid <= 1 {
+        // Re-parented to init: whoever ran us has exited (as in `( tetherctl
+        // exec -- cmd & )`), and init is not a launcher tetherd watches. An
+        // orphan adopted by a subreaper cannot be told from that
+        // subreaper's own child: that case needs --parent (tetherctl(1)).
+        return Err((
+            Exit::ParentGone,
+            format!(
+                "the launcher is gone: this process was adopted by pid {ppid}; not starting {program} \
+                 (a script that starts tetherctl exec from a subshell or in the background should pass --parent $$)"
+            ),
+        ));
+    }
     let gone = |why: &str| {
         (
             Exit::ParentGone,
@@ -536,6 +709,9 @@ fn exec(
                 format!("{why}; not starting {program} untethered (--fallback pdeathsig would use the kernel's weaker mechanism)"),
             ))
         }
+        Err((Exit::ParentGone, why)) => {
+            return Err((Exit::ParentGone, format!("{why}; not starting {program}")))
+        }
         Err(other) => return Err(other),
     }
     // The re-check after registering: if the launcher died meanwhile, the
@@ -552,4 +728,85 @@ fn exec(
         Exit::CannotExec
     };
     Err((exit, format!("cannot run {program}: {err}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    fn chmod(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// The user's own socket is used only when its directory is the
+    /// user's (or root's) alone and something accepts on it; a stale
+    /// socket, a missing one, or a directory others could have made falls
+    /// through to the system socket.
+    #[test]
+    fn the_default_socket_falls_through_to_the_system_daemon() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let dir = tmp.path().join("own");
+        std::fs::create_dir(&dir).unwrap();
+        chmod(&dir, 0o700);
+        let own = dir.join("tether.sock");
+        let system = tmp.path().join("system.sock");
+        let pick = |me: u32| choose_default(&own, &system, me, |p| UnixStream::connect(p));
+
+        // Nothing there: the system socket, nothing to say.
+        assert!(matches!(pick(me), Choice::System(s, why) if s == system && why.is_empty()));
+
+        // A stale socket file: passed over, and said why.
+        drop(UnixListener::bind(&own).unwrap());
+        match pick(me) {
+            Choice::System(s, why) => {
+                assert_eq!(s, system);
+                assert!(why[0].contains("Connection refused"), "{why:?}");
+            }
+            Choice::Own(_) => panic!("a stale socket was used"),
+        }
+
+        // A listener: the user's own daemon.
+        std::fs::remove_file(&own).unwrap();
+        let _listener = UnixListener::bind(&own).unwrap();
+        assert!(matches!(pick(me), Choice::Own(_)));
+
+        // The same listener in a directory others may write, or owned by
+        // another uid: never used.
+        chmod(&dir, 0o777);
+        match pick(me) {
+            Choice::System(_, why) => assert!(why[0].contains("writable by others (mode 0777)")),
+            Choice::Own(_) => panic!("a directory others can write was trusted"),
+        }
+        chmod(&dir, 0o1777);
+        assert!(matches!(pick(me), Choice::System(..)));
+        chmod(&dir, 0o700);
+        if me == 0 {
+            std::os::unix::fs::chown(&dir, Some(4242), None).unwrap();
+            match pick(me) {
+                Choice::System(_, why) => {
+                    assert!(why[0].contains("owned by uid 4242, neither root nor you"));
+                }
+                Choice::Own(_) => panic!("another uid's directory was trusted"),
+            }
+            std::os::unix::fs::chown(&dir, Some(0), None).unwrap();
+        }
+        // A symlink to a good directory is not a directory.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let via_link = link.join("tether.sock");
+        assert!(matches!(
+            choose_default(&via_link, &system, me, |p| UnixStream::connect(p)),
+            Choice::System(_, why) if why[0].contains("is not a directory")
+        ));
+    }
+
+    #[test]
+    fn refusal_codes_map_to_exit_statuses() {
+        assert_eq!(refusal_exit(Some("parent_gone")), Exit::ParentGone);
+        assert_eq!(refusal_exit(Some("something_new")), Exit::Refused);
+        assert_eq!(refusal_exit(None), Exit::Refused);
+    }
 }

@@ -457,7 +457,7 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// Makes a socket binding; returns its id, and a warning for the
-    /// client if the binding acted at once.
+    /// client when the parent was not running.
     fn bind(
         &mut self,
         peer: &PeerCred,
@@ -555,7 +555,7 @@ impl<B: Backend> Daemon<B> {
             Proven::Gone(why) => {
                 info!("socket bind: parent {parent_pid} is already gone ({why}); acting at once");
                 warning = Some(format!(
-                    "the parent {parent_pid} is not running ({why}), so the children were signalled at once"
+                    "the parent {parent_pid} is not running ({why}); the children were signalled at once"
                 ));
                 None
             }

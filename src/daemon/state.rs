@@ -13,11 +13,27 @@
 //! The file is JSON, written atomically (temporary file, fsync, rename,
 //! fsync of the directory). A file that cannot be parsed is moved aside
 //! and the daemon starts without it rather than crash-looping.
+//!
+//! Nobody else may choose what the daemon reads back. The temporary file
+//! is created exclusively (`O_CREAT|O_EXCL`, never following a symlink)
+//! under an unpredictable name, mode 0600, so a file planted in its place
+//! is never written to or renamed into place. (`O_TMPFILE` would not help:
+//! `linkat` cannot replace the state file, so the new content needs a
+//! name of its own before the rename anyway.) A file is read only if it is
+//! a regular file (not a symlink or FIFO; the open never blocks), owned by
+//! the daemon's uid, writable by nobody else, and at most
+//! [`MAX_FILE_BYTES`]; anything else is refused with a warning, moved
+//! aside where possible, and the daemon starts without it. The directory
+//! and each of its ancestors must be owned by the daemon's uid or root and
+//! writable by no one else, except that an ancestor may be a sticky
+//! directory such as /tmp; the state directory itself may be sticky and
+//! writable by others only for a daemon that is not root. A directory
+//! that fails this is neither read nor written.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +43,10 @@ use crate::watch::Identity;
 
 /// The version written in the file; a different one is refused.
 const STATE_VERSION: u32 = 1;
+
+/// The largest state or pins file read back (64 MiB: about 700,000 pins,
+/// far more than the bindings of any host).
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A pin recorded for a pid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +307,16 @@ impl StateFile {
     /// the daemon goes on without it.
     pub fn load(&self) -> Loaded {
         let mut loaded = Loaded::default();
+        if let Err(why) = check_dir(state_dir(&self.path)) {
+            if why.kind() != io::ErrorKind::NotFound {
+                loaded.warning = Some(format!(
+                    "{why}; starting without the state file {} and the pins file {}",
+                    self.path.display(),
+                    self.pins_path.display()
+                ));
+            }
+            return loaded;
+        }
         let mut warnings = Vec::new();
         match read_or_set_aside(&self.path, "state file", |bytes| {
             let on_disk: BindingsOnDisk =
@@ -391,14 +421,27 @@ fn read_or_set_aside<T>(
     what: &str,
     decode: impl FnOnce(&[u8]) -> Result<T, String>,
 ) -> Result<Option<T>, String> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => {
+    let bytes = match read_trusted(path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(Unread::Io(err)) => {
             return Err(format!(
                 "{}: cannot read the {what}: {err}; starting without it",
                 path.display()
             ))
+        }
+        Err(Unread::Untrusted(why)) => {
+            return Err(match set_aside(path) {
+                Ok(to) => format!(
+                    "{}: refused the {what}: {why}; moved it to {} and starting without it",
+                    path.display(),
+                    to.display()
+                ),
+                Err(err) => format!(
+                    "{}: refused the {what}: {why}; it cannot be moved aside ({err}); starting without it",
+                    path.display()
+                ),
+            })
         }
     };
     match decode(&bytes) {
@@ -418,6 +461,190 @@ fn read_or_set_aside<T>(
     }
 }
 
+/// Why a file was not read.
+enum Unread {
+    /// The read failed.
+    Io(io::Error),
+    /// The file is not one the daemon may trust; says why.
+    Untrusted(String),
+}
+
+/// The bytes of `path` if it is a file only the daemon could have written:
+/// a regular file (never following a symlink, never blocking on a FIFO),
+/// owned by the daemon's euid, not writable by group or others, and at
+/// most [`MAX_FILE_BYTES`] long. `Ok(None)` if there is no file.
+fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, Unread> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => check_file(&meta)?,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(Unread::Io(err)),
+    }
+    // O_NOFOLLOW and O_NONBLOCK: a symlink or FIFO swapped in since the
+    // check above fails or opens at once, and is refused below.
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(Unread::Io(err)),
+    };
+    // What is checked is what is read, even if the path was replaced.
+    check_file(&file.metadata().map_err(Unread::Io)?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Unread::Io)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_FILE_BYTES {
+        return Err(Unread::Untrusted(format!(
+            "it grew past {MAX_FILE_BYTES} bytes while being read"
+        )));
+    }
+    Ok(Some(bytes))
+}
+
+fn check_file(meta: &fs::Metadata) -> Result<(), Unread> {
+    let me = nix::unistd::geteuid().as_raw();
+    let kind = meta.file_type();
+    let untrusted = |why: String| Err(Unread::Untrusted(why));
+    if kind.is_symlink() {
+        return untrusted("it is a symlink".into());
+    }
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return untrusted(format!("it is {what}, not a regular file"));
+    }
+    if meta.uid() != me {
+        return untrusted(format!(
+            "it is owned by uid {}, not by tetherd's uid {me}",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return untrusted(format!(
+            "it is writable by group or others (mode {:04o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return untrusted(format!(
+            "it is {} bytes, more than the {MAX_FILE_BYTES} a state file may have",
+            meta.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The directory holding `path`.
+fn state_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Checks that nobody but the daemon's uid and root can replace what is in
+/// `dir`: it and every ancestor (symlinks resolved) are owned by the
+/// daemon's euid or root and writable by nobody else, except that an
+/// ancestor may be sticky (as /tmp is: then only the owner of an entry can
+/// rename or remove it, and the entry below is checked in turn). `dir`
+/// itself may be sticky and writable by others only when the daemon is not
+/// root: its files are still refused unless they are the daemon's, and
+/// root must not keep its state where any user can create names. A
+/// missing directory is `NotFound`.
+fn check_dir(dir: &Path) -> io::Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let real = fs::canonicalize(dir)?;
+    for (depth, ancestor) in real.ancestors().enumerate() {
+        let meta = fs::symlink_metadata(ancestor)?;
+        let refuse = |why: String| {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{}: the state directory{} {why}",
+                    dir.display(),
+                    if depth == 0 {
+                        String::new()
+                    } else {
+                        format!("'s ancestor {}", ancestor.display())
+                    }
+                ),
+            ))
+        };
+        if meta.uid() != me && meta.uid() != 0 {
+            return refuse(format!(
+                "is owned by uid {}, not by tetherd's uid {me} or root",
+                meta.uid()
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        let sticky = mode & 0o1000 != 0;
+        let shared_ok = sticky && (depth > 0 || me != 0);
+        if mode & 0o022 != 0 && !shared_ok {
+            return refuse(format!(
+                "is writable by group or others (mode {mode:04o}){}",
+                if depth == 0 {
+                    "; keep the state in a directory only tetherd's uid can write"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A new file beside `path` that nobody else can have created or can open:
+/// an unpredictable name, `O_CREAT|O_EXCL` (so neither a planted file nor a
+/// planted symlink is ever opened), mode 0600. Retries on a name taken.
+fn create_temporary(path: &Path) -> io::Result<(PathBuf, File)> {
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..16 {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".tmp.{:016x}", unpredictable()));
+        let tmp = PathBuf::from(name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => last = err,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(io::Error::new(
+        last.kind(),
+        format!(
+            "{}: no free temporary name after 16 tries ({last})",
+            path.display()
+        ),
+    ))
+}
+
+/// 64 bits nobody outside the process can predict: SipHash under the
+/// random keys std draws from the OS for every `RandomState`.
+fn unpredictable() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since.as_nanos());
+    }
+    hasher.finish()
+}
+
 fn set_aside(path: &Path) -> io::Result<PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -434,26 +661,18 @@ fn set_aside(path: &Path) -> io::Result<PathBuf> {
 /// old file or the new one: temporary file, rename. With `durable`, the
 /// file is fsynced before the rename and the directory after it, so the
 /// new content survives a crash too.
+///
+/// The directory must pass the same checks as when the state is read (see
+/// the module documentation); the temporary file is created exclusively.
 pub fn write_atomically(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = state_dir(path);
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp_name);
+    check_dir(dir)?;
+    let (tmp, mut file) = create_temporary(path)?;
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
         file.write_all(bytes)?;
         if durable {
             file.sync_all()?;
@@ -544,6 +763,106 @@ mod tests {
         assert!(!path.exists());
         let moved: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(moved.len(), 1);
+    }
+
+    /// A file planted at the temporary name the daemon used to use
+    /// (`STATE.tmp.<pid>`), and a symlink beside it: neither is written
+    /// to or renamed into place; the state file is a new 0600 file.
+    #[test]
+    fn a_planted_temporary_is_never_adopted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let planted = dir
+            .path()
+            .join(format!("state.json.tmp.{}", std::process::id()));
+        fs::write(&planted, b"planted").unwrap();
+        fs::set_permissions(&planted, fs::Permissions::from_mode(0o666)).unwrap();
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, b"elsewhere").unwrap();
+        let planted_inode = fs::metadata(&planted).unwrap().ino();
+        write_atomically(&path, b"{}", true).unwrap();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_ne!(meta.ino(), planted_inode);
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert_eq!(fs::read(&planted).unwrap(), b"planted");
+        assert_eq!(fs::read(&path).unwrap(), b"{}");
+        assert_eq!(fs::read(&target).unwrap(), b"elsewhere");
+        // No temporary is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    /// A FIFO at the pins path, a symlink at the state path, a file others
+    /// may write: each is refused at once with a warning naming it.
+    #[test]
+    fn untrusted_files_are_refused_without_blocking() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let file = StateFile::new(path.clone(), "b".into());
+        nix::unistd::mkfifo(
+            file.pins_path(),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let real = dir.path().join("real.json");
+        fs::write(&real, br#"{"version":1,"next_id":9}"#).unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        let loaded = file.load();
+        let warning = loaded.warning.unwrap();
+        assert!(
+            warning.contains("refused the pins file: it is a FIFO"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("refused the state file: it is a symlink"),
+            "{warning}"
+        );
+        assert_eq!(loaded.next_id, 0);
+        assert!(!path.exists() && !file.pins_path().exists());
+
+        fs::copy(&real, &path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let warning = file.load().warning.unwrap();
+        assert!(
+            warning.contains("writable by group or others (mode 0666)"),
+            "{warning}"
+        );
+
+        fs::copy(&real, &path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let loaded = file.load();
+        assert!(loaded.warning.is_none());
+        assert_eq!(loaded.next_id, 9);
+    }
+
+    /// A state directory anyone can write: refused as root (neither read
+    /// nor written), allowed for a daemon of another uid when sticky.
+    #[test]
+    fn a_state_directory_others_can_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+        let path = shared.join("state.json");
+        let err = write_atomically(&path, b"{}", false).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is writable by group or others (mode 0777)"),
+            "{err}"
+        );
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let sticky = write_atomically(&path, br#"{"version":1}"#, false);
+        let loaded = StateFile::new(path, "b".into()).load();
+        if nix::unistd::geteuid().is_root() {
+            assert!(sticky.is_err());
+            let warning = loaded.warning.unwrap();
+            assert!(warning.contains("mode 1777"), "{warning}");
+        } else {
+            sticky.unwrap();
+            assert!(loaded.warning.is_none());
+        }
     }
 
     #[test]
