@@ -85,7 +85,13 @@ fn passed_descriptors_are_all_closed_even_when_the_kernel_truncates() {
     let seventeen: Vec<BorrowedFd<'_>> = (0..17).map(|_| pidfd.as_fd()).collect();
     let many: Vec<BorrowedFd<'_>> = (0..200).map(|_| pidfd.as_fd()).collect();
     let pipes: Vec<BorrowedFd<'_>> = (0..20)
-        .map(|i| if i % 2 == 0 { pipe_r.as_fd() } else { pipe_w.as_fd() })
+        .map(|i| {
+            if i % 2 == 0 {
+                pipe_r.as_fd()
+            } else {
+                pipe_w.as_fd()
+            }
+        })
         .collect();
     for _ in 0..100 {
         let stream = UnixStream::connect(&daemon.socket).unwrap();
@@ -167,7 +173,8 @@ fn a_passed_socket_whose_close_blocks_does_not_stall_the_loop() {
     // Let the blocked close finish: the peer goes away.
     drop(server);
     drop(listener);
-    assert!(wait_until(TIMEOUT, || daemon.ctl(&["status"])
+    assert!(wait_until(TIMEOUT, || daemon
+        .ctl(&["status"])
         .1
         .contains("0 waiting to be closed")));
 }
@@ -266,7 +273,11 @@ fn read_pid(path: &Path) -> i32 {
         "{} never written",
         path.display()
     );
-    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -294,11 +305,16 @@ fn a_users_budget_bounds_what_it_holds_and_root_keeps_its_reserve() {
     let (code, _, err) = ctl_as(uid, gid, &daemon, &args);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains(&format!("uid {uid} holds 61 processes in its bindings and may hold 100")),
+        err.contains(&format!(
+            "uid {uid} holds 61 processes in its bindings and may hold 100"
+        )),
         "{err}"
     );
     let (_, out, _) = ctl_as(uid, gid, &daemon, &["status"]);
-    assert!(out.contains("61 held by your bindings of 100 allowed"), "{out}");
+    assert!(
+        out.contains("61 held by your bindings of 100 allowed"),
+        "{out}"
+    );
     // Root is not held to the user's budget.
     let (p, c) = (Proc::sleeper(), Proc::sleeper());
     daemon.bind(p.pid(), &[c.pid()], &[]);
@@ -403,13 +419,20 @@ fn a_group_binding_never_signals_another_users_process_in_the_group() {
     );
     assert_eq!(code, 0, "{err}");
     parent.kill9();
-    assert!(wait_until(TIMEOUT, || ended(users)), "the user's own process lives");
+    assert!(
+        wait_until(TIMEOUT, || ended(users)),
+        "the user's own process lives"
+    );
     daemon.wait_log(&format!(
         "group member {root_job} not signalled: it belongs to uid 0"
     ));
     // Past the grace period too: root's job is never touched.
     daemon.wait_log("grace 1s over");
-    assert!(!ended(root_job), "root's job was signalled; log:\n{}", daemon.log_text());
+    assert!(
+        !ended(root_job),
+        "root's job was signalled; log:\n{}",
+        daemon.log_text()
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(root_job),
         nix::sys::signal::Signal::SIGKILL,
@@ -508,5 +531,8 @@ fn a_group_stays_covered_after_the_bound_child_exits() {
     assert!(!ended(member));
     parent.kill9();
     daemon.wait_log(&format!("sent SIGTERM to group member {member}"));
-    assert!(wait_until(TIMEOUT, || ended(member)), "the group's sleep survived");
+    assert!(
+        wait_until(TIMEOUT, || ended(member)),
+        "the group's sleep survived"
+    );
 }

@@ -34,9 +34,9 @@ mod backends;
 #[cfg(target_os = "linux")]
 mod control;
 #[cfg(target_os = "linux")]
-mod hostile;
-#[cfg(target_os = "linux")]
 mod exec;
+#[cfg(target_os = "linux")]
+mod hostile;
 #[cfg(target_os = "linux")]
 mod kill_modes;
 #[cfg(target_os = "linux")]

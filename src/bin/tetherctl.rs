@@ -364,7 +364,13 @@ fn main() -> ExitCode {
     match result {
         Ok(exit) => exit.into(),
         Err((exit, message)) => {
-            eprintln!("tetherctl: {message}");
+            // The daemon's words may quote what a client sent: nothing in
+            // them reaches the terminal as a control or hidden character.
+            let shown: Vec<String> = message
+                .lines()
+                .map(tether::protocol::escape_controls)
+                .collect();
+            eprintln!("tetherctl: {}", shown.join("\n"));
             exit.into()
         }
     }

@@ -57,7 +57,14 @@ impl ControlSocket {
         prepare_dir(dir, root)?;
         match fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
-                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                // A non-blocking connect: a daemon that is alive but
+                // does not accept (its backlog full) answers EAGAIN rather
+                // than keeping this start-up waiting.
+                let live = match UnixStream::connect(path) {
+                    Ok(_) => true,
+                    Err(err) => err.kind() == io::ErrorKind::WouldBlock,
+                };
+                if live {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
                         format!(
