@@ -43,12 +43,7 @@ fn a_pidfile_binding_follows_a_restart_of_the_service_it_names() {
     assert_eq!(list[0]["children"][0], new.pid(), "{list}");
 
     parent.kill9();
-    assert_eq!(
-        new.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    new.expect_signal(Some(libc::SIGTERM), &daemon);
 }
 
 #[test]
