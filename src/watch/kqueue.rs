@@ -30,7 +30,7 @@ use nix::sys::event::{EvFlags, EventFilter, FilterFlag, KEvent, Kqueue};
 
 use super::pids::{self, PidHandle, Watched};
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
-use crate::config::{Pid, Signal};
+use crate::vocab::{Pid, Signal};
 use crate::sys::bsd::{self, ProcInfo};
 
 /// The `kqueue` backend.

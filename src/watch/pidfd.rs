@@ -19,7 +19,7 @@ use mio::{Interest, Registry, Token};
 
 use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
-use crate::config::{Pid, Signal};
+use crate::vocab::{Pid, Signal};
 use crate::sys::linux as sys;
 
 /// `PID_FS_MAGIC` from linux/magic.h: the file system of pidfds on 6.9+.

@@ -42,7 +42,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use super::pids::{self, PidHandle, Watched};
 use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
-use crate::config::{Pid, Signal};
+use crate::vocab::{Pid, Signal};
 use crate::sys::linux as sys;
 
 /// `CN_IDX_PROC` and `CN_VAL_PROC` (linux/connector.h).
