@@ -50,4 +50,6 @@ mod reuse;
 #[cfg(target_os = "linux")]
 mod scale;
 #[cfg(target_os = "linux")]
+mod service;
+#[cfg(target_os = "linux")]
 mod torture;
