@@ -142,4 +142,12 @@ mod tests {
         assert_eq!(hidden_by_unit(Path::new("/run/x.pid")), None);
         assert_eq!(hidden_by_unit(Path::new("/tmpfoo/x.pid")), None);
     }
+
+    #[test]
+    fn the_hidden_list_follows_the_shipped_unit() {
+        let unit = include_str!("../../packaging/systemd/tetherd.service");
+        for (_, setting) in HIDDEN_BY_UNIT {
+            assert!(unit.lines().any(|line| line == setting), "{setting}");
+        }
+    }
 }
