@@ -19,6 +19,7 @@ mod bindings;
 mod budget;
 mod closer;
 mod control;
+pub mod pidfile;
 mod requests;
 mod state;
 
@@ -610,7 +611,7 @@ impl<B: Backend> Daemon<B> {
             PidSource::Pid(spec) => return Ok(*spec),
             PidSource::Pidfile(path) => path,
         };
-        let pid = read_pidfile(path, self.options.config.trust == Trust::RequireRootOwned)?;
+        let pid = pidfile::read(path, self.options.config.trust == Trust::RequireRootOwned)?;
         // A pidfile left by a service that is gone names nothing, or worse,
         // an unrelated process; refuse a dead pid rather than act on it.
         match self.watcher.open(pid) {
@@ -1691,50 +1692,4 @@ fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
         grace: parse_duration(&saved.grace)?,
         kill: parse_kill(&saved.kill)?,
     })
-}
-
-/// Reads a pidfile without ever blocking: opened non-blocking and without
-/// following a symlink, and only a small regular file is read. As root, a
-/// pidfile another user could write is refused: whoever can write it could
-/// point the daemon at any process.
-fn read_pidfile(path: &std::path::Path, root_only: bool) -> Result<Pid, String> {
-    use std::io::Read;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-
-    let shown = path.display();
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|err| match err.raw_os_error() {
-            Some(libc::ENOENT) => format!("{shown}: pidfile missing"),
-            Some(libc::ELOOP) => format!("{shown}: pidfile is a symlink; refusing it"),
-            _ => format!("{shown}: cannot open the pidfile: {err}"),
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|err| format!("{shown}: cannot stat the pidfile: {err}"))?;
-    if !meta.is_file() {
-        return Err(format!("{shown}: the pidfile is not a regular file"));
-    }
-    if root_only && (meta.uid() != 0 || meta.mode() & 0o022 != 0) {
-        return Err(format!(
-            "{shown}: the pidfile is writable by a user other than root (owner uid {}, mode {:04o}); refusing it",
-            meta.uid(),
-            meta.mode() & 0o7777
-        ));
-    }
-    let mut text = String::new();
-    file.by_ref()
-        .take(64)
-        .read_to_string(&mut text)
-        .map_err(|err| format!("{shown}: cannot read the pidfile: {err}"))?;
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(format!("{shown}: the pidfile is empty"));
-    }
-    let number: i64 = text
-        .parse()
-        .map_err(|_| format!("{shown}: the pidfile does not hold a pid ({text:?})"))?;
-    Pid::try_from(number).map_err(|why| format!("{shown}: {why}"))
 }
