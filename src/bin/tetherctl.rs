@@ -347,15 +347,24 @@ fn check_kill(s: &str) -> Result<String, String> {
 /// else tetherd's default file. Only that key is looked at, so a file the
 /// daemon would refuse (the very file a `reload` is about to report) still
 /// names its socket; a file that is not TOML at all names none, and the
-/// default socket is used with a warning. A missing default file is no
-/// error; a missing `--config` file is.
+/// default socket is used with a warning. A missing or unreadable default
+/// file is no error; a missing `--config` file is.
 fn configured_socket(config: Option<&PathBuf>) -> Result<Option<PathBuf>, (Exit, String)> {
     let path = config
         .cloned()
         .unwrap_or_else(tether::paths::default_config);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
-        Err(err) if config.is_none() && err.kind() == std::io::ErrorKind::NotFound => {
+        // The default file is the daemon's, not the caller's: one the
+        // caller cannot read (another user's home, as after `su`) names
+        // nothing for it.
+        Err(err)
+            if config.is_none()
+                && matches!(
+                    err.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+        {
             return Ok(None)
         }
         Err(err) => {
