@@ -139,3 +139,24 @@ fn check_warns_of_pidfiles_the_shipped_service_cannot_see() {
     // A pidfile under /run whose directory does not exist yet is fine.
     assert!(!err.contains("binding \"r\""), "{err}");
 }
+
+#[test]
+fn completions_come_from_the_argument_definitions() {
+    let (code, out, err) = run_tetherd(&["--completions", "zsh"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("--check-config") && out.contains("--list-backends"),
+        "{out}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(crate::util::TETHERCTL)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for word in ["bind", "unbind", "exec", "reload", "grace", "kill"] {
+            assert!(text.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+}

@@ -118,6 +118,12 @@ enum Command {
     },
     /// Make the daemon re-read its configuration file
     Reload,
+    /// Print a completion script for SHELL (bash, zsh, fish, ...) on
+    /// standard output; the packages install them
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
     /// Tether CMD to this command's parent (or --parent), then exec CMD
     Exec {
         /// Watch this process instead of the parent (for launchers that
@@ -426,6 +432,16 @@ fn main() -> ExitCode {
         Command::List { json } => list(&socket, json),
         Command::Status { json } => status(&socket, json),
         Command::Reload => reload(&socket),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tetherctl",
+                &mut std::io::stdout(),
+            );
+            Ok(Exit::Ok)
+        }
         Command::Exec {
             parent,
             fallback,

@@ -95,6 +95,11 @@ struct Args {
     /// if none)
     #[arg(long, conflicts_with = "check_config")]
     list_backends: bool,
+
+    /// Print a completion script for SHELL (bash, zsh, fish, ...) on
+    /// standard output and exit; the packages install them
+    #[arg(long, value_name = "SHELL", exclusive = true)]
+    completions: Option<clap_complete::Shell>,
 }
 
 fn parse_backend(text: &str) -> Result<BackendKind, String> {
@@ -103,6 +108,16 @@ fn parse_backend(text: &str) -> Result<BackendKind, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(shell) = args.completions {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Args::command(),
+            "tetherd",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
     if args.list_backends {
         return list_backends(&args);
     }
