@@ -145,8 +145,13 @@ wait_log() {
   echo "FAIL no log line: $1"; cat "$log"; exit 1
 }
 next_pid() { echo $(( $1 - 1 )) > /proc/sys/kernel/ns_last_pid; }
-recorder() { # records any SIGTERM in $D/term.$1
-  ( trap "echo TERM >> $D/term.$1; exit 0" TERM; while :; do sleep 0.05; done ) &
+recorder() { # records any SIGTERM in $D/term.$1, once its trap is set
+  ( trap "echo TERM >> $D/term.$1; exit 0" TERM; touch $D/ready.$1
+    while :; do sleep 0.05; done ) &
+}
+trap_set() { # waits for recorder $1's trap
+  for _ in $(seq 1 400); do [ -e $D/ready.$1 ] && return 0; sleep 0.01; done
+  echo "FAIL recorder $1 not ready"; exit 1
 }
 applied=1
 write() { printf "$@" > $D/new.toml; mv $D/new.toml $D/t.toml; }
@@ -166,6 +171,7 @@ J='[[binding]]\nname = "job"\nparent = %s\nchild = %s\ngrace = "1s"\n'
 # 1. The next job's launcher at the old launcher's pid.
 sleep 300 & P=$!
 recorder job1; C1=$!
+trap_set job1
 write "$J" $P $C1
 "$T" "${B[@]}" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
 wait_log "ready:"
@@ -176,10 +182,12 @@ sleep 0.03
 next_pid $P
 sleep 300 & P2=$!
 [ "$P2" = "$P" ] || { echo "SKIP pid $P could not be reused (got $P2)"; exit 0; }
+next_pid $(( C1 + 100 )) # the new captive's pid is not the old one's
 recorder job2; C2=$!
+trap_set job2
 config "$J" $P $C2
 sleep 1
-if [ -e $D/term.job2 ]; then echo "FAIL the new job's captive $C2 was signalled for the old launcher"
+if [ -e $D/term.job2 ] || ! kill -0 $C2; then echo "FAIL the new job's captive $C2 was signalled for the old launcher"
 else echo "OK the new job's captive is left alone"; fi
 kill -9 $P2; wait $P2 2>/dev/null
 wait_log "binding \"job\": parent $P exited; sent SIGTERM to child $C2"
@@ -196,6 +204,7 @@ sleep 0.03
 next_pid $C3
 recorder innocent; I3=$!
 [ "$I3" = "$C3" ] || { echo "SKIP pid $C3 could not be reused (got $I3)"; exit 0; }
+trap_set innocent
 config "$S" $P3 $C3 $K3
 wait_log "binding \"svc\": child $C3 dropped"
 kill -9 $P3; wait $P3 2>/dev/null
