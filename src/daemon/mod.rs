@@ -728,7 +728,7 @@ impl<B: Backend> Daemon<B> {
         // A pidfile left by a service that is gone names nothing, or worse,
         // an unrelated process; refuse a dead pid rather than act on it.
         match self.watcher.open(pid) {
-            Ok((_, identity)) => match special_process(pid, identity.start) {
+            Ok((_, identity)) => match special_process(pid, Some(identity.start)) {
                 Ok(()) => Ok(ProcSpec::unpinned(pid)),
                 Err(what) => Err(format!(
                     "{}: names pid {pid}, which {what}; refusing it",
@@ -899,7 +899,8 @@ impl<B: Backend> Daemon<B> {
             _ => true,
         };
         let parent_known = known(self, &spec.parent);
-        let parent = match self.open_member(&spec.parent, origin, entry) {
+        let opened = self.open_member(&spec.parent, origin, entry);
+        let parent = match refuse_special(opened, origin, false) {
             Ok(Proven::Live(member, _)) => Some(member),
             Ok(Proven::Gone(why)) => {
                 info!(
@@ -920,7 +921,8 @@ impl<B: Backend> Daemon<B> {
         let mut children = Vec::with_capacity(spec.children.len());
         for child in &spec.children {
             let child_known = known(self, child);
-            match self.open_member(child, origin, entry) {
+            let opened = self.open_member(child, origin, entry);
+            match refuse_special(opened, origin, true) {
                 Ok(Proven::Live(_, _)) if stale_parent && !child_known => {
                     warn!(
                         "{label}: child {} dropped, it will never be signalled: first seen after the pin of parent {} turned out stale, so it was never bound to that parent",
@@ -1341,8 +1343,7 @@ impl<B: Backend> Daemon<B> {
     /// Opens the process of `spec` and proves it is the bound one: its
     /// identity, read after the handle was opened, must match the pin of the
     /// config, or the pin `entry` recorded when it first saw the pid. A pid
-    /// the entry sees for the first time is pinned now. A configured pid
-    /// naming tetherd itself or a kernel thread is refused.
+    /// the entry sees for the first time is pinned now.
     fn open_member(
         &mut self,
         spec: &ProcSpec,
@@ -1350,10 +1351,6 @@ impl<B: Backend> Daemon<B> {
         entry: Option<EntryKey>,
     ) -> Result<Proven<B::Handle>, String> {
         let opened = self.watcher.open(spec.pid);
-        if let (Ok((_, identity)), Origin::Config) = (&opened, origin) {
-            special_process(spec.pid, identity.start)
-                .map_err(|what| format!("pid {} {what}; refusing it", spec.pid))?;
-        }
         let pin_source = match origin {
             Origin::Config => "the configured pin",
             Origin::Socket { .. } => "the pin taken at bind time",
@@ -1868,13 +1865,32 @@ fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
     })
 }
 
-/// Why a configured process (a pid, or a pidfile's) that started at `start`
-/// must never be bound: tetherd itself, or a kernel thread (kthreadd, pid 2
-/// of the initial namespace, and its workers). Pid 1 is no `Pid`.
-fn special_process(pid: Pid, start: u64) -> Result<(), String> {
+/// Refuses a configured process proven live that is tetherd itself, or
+/// with `kthreads` (children, which are signalled; a parent is only
+/// watched, and the check costs a read of `/proc`) a kernel thread.
+fn refuse_special<H>(
+    proven: Result<Proven<H>, String>,
+    origin: Origin,
+    kthreads: bool,
+) -> Result<Proven<H>, String> {
+    if let (Ok(Proven::Live(member, identity)), Origin::Config) = (&proven, origin) {
+        special_process(member.pid, kthreads.then_some(identity.start))
+            .map_err(|what| format!("pid {} {what}; refusing it", member.pid))?;
+    }
+    proven
+}
+
+/// Why a configured process (a pid, or a pidfile's) must never be bound:
+/// tetherd itself, or, if its start time is given, a kernel thread
+/// (kthreadd, pid 2 of the initial namespace, and its workers). Pid 1 is
+/// no `Pid`.
+fn special_process(pid: Pid, start: Option<u64>) -> Result<(), String> {
     if u32::try_from(pid.get()).is_ok_and(|pid| pid == std::process::id()) {
         return Err("is tetherd itself".into());
     }
+    let Some(start) = start else {
+        return Ok(());
+    };
     match watch::is_kernel_thread(pid.get(), start) {
         Ok(Some(false)) => Ok(()),
         Ok(Some(true)) => Err("is a kernel thread".into()),
