@@ -162,6 +162,11 @@ fn a_config_rewritten_in_place_during_reloads_is_never_applied_half_written() {
     daemon.reload(&config);
     let log = daemon.log_text();
     assert!(n_hups > 20, "{n_hups} SIGHUPs");
+    eprintln!(
+        "{n_hups} SIGHUPs: {} reloads applied, {} refused",
+        daemon.count("configuration applied") - 1,
+        daemon.count("reload refused")
+    );
     assert_eq!(daemon.count(": removed ("), 0, "log:\n{log}");
     assert_eq!(
         daemon.count("added, 0 removed, 3 unchanged"),

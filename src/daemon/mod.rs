@@ -82,7 +82,7 @@ pub struct ConfigSource {
 pub const CONFIG_SETTLE: Duration = Duration::from_millis(50);
 /// How long a load waits for a file being written to settle before it is
 /// refused.
-pub const CONFIG_SETTLE_MAX: Duration = Duration::from_millis(500);
+pub const CONFIG_SETTLE_MAX: Duration = Duration::from_millis(200);
 
 impl ConfigSource {
     /// Loads and validates the file.
@@ -120,18 +120,17 @@ impl ConfigSource {
                 }
                 return config::parse(&snapshot.text, &self.path);
             }
-            if began.elapsed() >= CONFIG_SETTLE_MAX {
+            let pause = CONFIG_SETTLE
+                .saturating_sub(age)
+                .max(Duration::from_millis(5));
+            if began.elapsed() + pause > CONFIG_SETTLE_MAX {
                 return Err(ConfigErrors::whole_file(&self.path, format!(
-                    "the file was still being written after {}ms; write a temporary file and rename it into place",
-                    CONFIG_SETTLE_MAX.as_millis()
+                    "the file was still being written {}ms after the reload began; write a temporary file and rename it into place",
+                    began.elapsed().as_millis()
                 )));
             }
             previous = snapshot.stable.then_some(snapshot.stamp);
-            std::thread::sleep(
-                CONFIG_SETTLE
-                    .saturating_sub(age)
-                    .max(Duration::from_millis(5)),
-            );
+            std::thread::sleep(pause);
         }
     }
 }

@@ -145,9 +145,8 @@ pub const MIN_RETIRED_PINS: usize = 4096;
 
 /// Pins of configured processes, by configuration entry and pid.
 ///
-/// Kept compact (32 bytes a pin besides the key, boot ids of earlier
-/// boots interned), since there are two for every unpinned configured
-/// binding.
+/// Kept compact (24 bytes a pin and 16 of key, boot ids of earlier boots
+/// interned), since there are two for every unpinned configured binding.
 #[derive(Debug, Default)]
 pub struct Pins {
     map: HashMap<(EntryKey, Pid), PackedPin>,
