@@ -947,6 +947,48 @@ mod tests {
         assert_eq!(pins.len(), MIN_RETIRED_PINS);
     }
 
+    /// Entry keys are stored in the pins file: they must not change from
+    /// one build to the next, and must tell entries apart.
+    #[test]
+    fn entry_keys_are_stable_and_cover_name_and_sources() {
+        let spec = |name: Option<&str>, child: i64, start: Option<u64>| BindingSpec {
+            name: name.map(String::from),
+            parent: ProcSpec::unpinned(pid(10)),
+            children: vec![ProcSpec {
+                pid: pid(child),
+                start,
+                inode: None,
+            }],
+            signal: crate::config::Signal::TERM,
+            grace: crate::config::Grace::default(),
+            kill: crate::config::KillMode::default(),
+        };
+        let key = EntryKey::of_spec(&spec(Some("job"), 11, None));
+        assert_eq!(key, EntryKey(0xf040_e1c0_b55c_132a));
+        let mut other = spec(Some("job"), 11, None);
+        other.grace = crate::config::Grace::Never;
+        assert_eq!(EntryKey::of_spec(&other), key, "grace is not part of it");
+        for different in [
+            spec(None, 11, None),
+            spec(Some("job2"), 11, None),
+            spec(Some("job"), 12, None),
+            spec(Some("job"), 11, Some(5)),
+        ] {
+            assert_ne!(EntryKey::of_spec(&different), key, "{different:?}");
+        }
+        let pidfile = PidfileBindingSpec {
+            name: Some("job".into()),
+            parent: PidSource::Pid(ProcSpec::unpinned(pid(10))),
+            children: vec![PidSource::Pidfile("/run/a.pid".into())],
+            signal: crate::config::Signal::TERM,
+            grace: crate::config::Grace::default(),
+            kill: crate::config::KillMode::default(),
+        };
+        let mut moved = pidfile.clone();
+        moved.children = vec![PidSource::Pidfile("/run/b.pid".into())];
+        assert_ne!(EntryKey::of_pidfile(&pidfile), EntryKey::of_pidfile(&moved));
+    }
+
     #[test]
     fn legacy_pins_are_adopted_once() {
         let dir = tempfile::tempdir().unwrap();
