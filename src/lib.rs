@@ -30,6 +30,7 @@ pub mod notify;
 pub mod paths;
 pub mod protocol;
 pub mod sys;
+pub mod vocab;
 pub mod watch;
 
 #[cfg(test)]

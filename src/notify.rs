@@ -6,11 +6,16 @@
 //!   runit-style supervisors and `s6-svscan`'s `notification-fd` use): a
 //!   newline is written to descriptor N once the loop runs, and N is
 //!   closed.
-//! - systemd's `sd_notify` (`Type=notify-reload`), when `NOTIFY_SOCKET`
-//!   is set: `READY=1` datagrams to that socket, `RELOADING=1` with
-//!   `MONOTONIC_USEC` around each reload, `STOPPING=1` on the way out, and
+//! - systemd's `sd_notify`, when `NOTIFY_SOCKET` is set: `READY=1`
+//!   datagrams to that socket, `RELOADING=1` with `MONOTONIC_USEC` before
+//!   each reload and `READY=1` after it, `STOPPING=1` on the way out, and
 //!   a `STATUS=` line. A few lines over a Unix datagram socket; no
-//!   libsystemd.
+//!   libsystemd. The shipped unit is `Type=notify` (systemd before 253,
+//!   as in Debian 12, does not know `Type=notify-reload`) and reloads with
+//!   `ExecReload=tetherctl reload`, which waits for the daemon's answer:
+//!   systemd ignores `RELOADING=1` during that job. A SIGHUP sent by hand
+//!   makes systemd show the unit "reloading" from `RELOADING=1` until the
+//!   `READY=1` that ends the reload.
 //!
 //! Failures are logged and never stop the daemon: a supervisor that
 //! misses readiness is its problem to time out on, not a reason to leave
@@ -52,7 +57,8 @@ impl Notifier {
         self.send(&format!("READY=1\nSTATUS={status}"));
     }
 
-    /// A reload begins (`Type=notify-reload`).
+    /// A reload begins (`MONOTONIC_USEC` is what `Type=notify-reload`
+    /// wants on systemd 253 and later).
     pub fn reloading(&mut self) {
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
     }

@@ -104,3 +104,38 @@ fn example_config_is_valid() {
     let (code, out, err) = run_tetherd(&["--check-config", "--config", example]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn check_counts_pidfile_bindings() {
+    let config = "[[binding]]\nparent = 4242\nchild_pidfile = \"/run/a.pid\"\n\n\
+                  [[binding]]\nparent_pidfile = \"/run/b.pid\"\nchild = 4343\n\n\
+                  [[binding]]\nparent = 4242\nchild = 4344\n";
+    let (code, out, err) = check(config);
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("configuration OK (3 bindings)"), "{out}");
+}
+
+#[test]
+fn check_warns_of_pidfiles_the_shipped_service_cannot_see() {
+    if !is_root() {
+        eprintln!("skipped: the warnings are about the system service, given as root");
+        return;
+    }
+    let config = "[[binding]]\nname = \"t\"\nparent = 4242\nchild_pidfile = \"/tmp/x.pid\"\n\n\
+                  [[binding]]\nname = \"h\"\nparent_pidfile = \"/home/ann/x.pid\"\nchild = 4343\n\n\
+                  [[binding]]\nname = \"r\"\nparent_pidfile = \"/run/tether-absent/x.pid\"\nchild = 4343\n\n\
+                  [daemon]\nsocket = \"/var/tmp/t.sock\"\n";
+    let (code, out, err) = check(config);
+    assert_eq!(code, 0, "a warning is not an error: {err}");
+    assert!(out.contains("configuration OK (3 bindings)"), "{out}");
+    for needle in [
+        "binding \"t\": /tmp/x.pid: hidden from the shipped tetherd.service (PrivateTmp=yes)",
+        "binding \"h\": /home/ann/x.pid: hidden from the shipped tetherd.service (ProtectHome=yes)",
+        "[daemon] socket: /var/tmp/t.sock: outside /run/tether",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(err.contains("tetherd: warning: "), "{err}");
+    // A pidfile under /run whose directory does not exist yet is fine.
+    assert!(!err.contains("binding \"r\""), "{err}");
+}

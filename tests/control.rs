@@ -86,12 +86,7 @@ fn bind_list_status_unbind() {
     other_p.kill9();
     // The bound one acts with its own signal.
     parent.kill9();
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGINT),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGINT), &daemon);
     std::thread::sleep(Duration::from_millis(200));
     assert!(other_c.is_alive(), "an unbound child was signalled");
     let (code, _, err) = daemon.ctl(&["unbind", "999"]);
@@ -298,12 +293,7 @@ fn socket_bindings_survive_a_restart_and_a_parent_dead_meanwhile_is_acted_on() {
     daemon.stop();
     parent.kill9();
     daemon.spawn(None);
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGTERM), &daemon);
     daemon.wait_log(&format!(
         "binding {}->{} #{id} (uid 0): parent {} is gone at load",
         parent.pid(),

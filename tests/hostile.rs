@@ -63,6 +63,7 @@ fn root_binding_acts(daemon: &TestDaemon, limit: Duration) -> Duration {
     parent.kill9();
     let sig = child.wait_signal(limit);
     let took = start.elapsed();
+    eprintln!("figure: root binding signalled {took:?} after its parent's death");
     assert_eq!(
         sig,
         Some(libc::SIGTERM),
@@ -93,7 +94,9 @@ fn passed_descriptors_are_all_closed_even_when_the_kernel_truncates() {
             }
         })
         .collect();
+    let mut peak = before;
     for _ in 0..100 {
+        peak = peak.max(n_fds(daemon.pid()));
         let stream = UnixStream::connect(&daemon.socket).unwrap();
         for fds in [&seventeen, &many, &pipes] {
             let mut line = request.to_vec();
@@ -116,6 +119,10 @@ fn passed_descriptors_are_all_closed_even_when_the_kernel_truncates() {
     }
     // 100 × (17 + 200 + 20) descriptors were passed; none may stay.
     let settled = wait_until(TIMEOUT, || n_fds(daemon.pid()) <= before + 2);
+    eprintln!(
+        "figure: tetherd held {before} descriptors before 23,700 were passed, at most {peak} during, {} after",
+        n_fds(daemon.pid())
+    );
     assert!(
         settled,
         "tetherd holds {} descriptors, {before} before the attack",
@@ -169,7 +176,15 @@ fn a_passed_socket_whose_close_blocks_does_not_stall_the_loop() {
     eprintln!("root binding acted in {took:?} while a 120 s close was pending");
     let (code, out, err) = daemon.ctl(&["status"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("1 waiting to be closed"), "{out}");
+    // The lingering socket (and perhaps the connection that brought it,
+    // closed with unread input) wait in the uid's lane.
+    let closing: usize = out
+        .split(" waiting to be closed")
+        .next()
+        .and_then(|head| head.rsplit('(').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(closing >= 1, "{out}");
     // Let the blocked close finish: the peer goes away.
     drop(server);
     drop(listener);
@@ -220,7 +235,10 @@ fn pipelined_requests_whose_answers_are_never_read_are_bounded() {
     let (code, _, err) = daemon.ctl(&["status"]);
     assert_eq!(code, 0, "{err}");
     let after = rss_kib(daemon.pid());
-    eprintln!("tetherd RSS {before} KiB before, {after} KiB with 4 unread pipelines");
+    eprintln!(
+        "figure: tetherd RSS {before} KiB before, {after} KiB with 4 unread pipelines, {} descriptors",
+        n_fds(daemon.pid())
+    );
     assert!(
         after < before + 32 * 1024,
         "tetherd grew from {before} KiB to {after} KiB"

@@ -113,12 +113,7 @@ fn pins_survive_a_restart_and_a_parent_dead_meanwhile_is_acted_on() {
     // The parent dies while the daemon is down.
     parent.kill9();
     daemon.spawn(None);
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGTERM), &daemon);
 }
 
 #[test]
@@ -150,12 +145,7 @@ fn running_out_of_descriptors_fails_some_bindings_and_serves_the_rest() {
     // The first binding was armed before descriptors ran out.
     let (parent, child) = &mut pairs[0];
     parent.kill9();
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGTERM), &daemon);
 }
 
 #[test]

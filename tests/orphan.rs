@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{binding, Proc, TestDaemon, TIMEOUT};
+use crate::util::{binding, Proc, TestDaemon};
 
 const SIGTERM: Option<i32> = Some(libc::SIGTERM);
 const SIGKILL: Option<i32> = Some(libc::SIGKILL);
@@ -13,12 +13,7 @@ fn child_gets_sigterm_when_parent_is_sigkilled() {
     let mut child = Proc::sleeper();
     let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), "name = \"web\""));
     parent.kill9();
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        SIGTERM,
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(SIGTERM, &daemon);
     daemon.wait_log(&format!(
         "binding \"web\": parent {} exited; sent SIGTERM to child {}",
         parent.pid(),
@@ -32,12 +27,7 @@ fn configured_signal_is_the_one_sent() {
     let mut child = Proc::sleeper();
     let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), "signal = \"int\""));
     parent.kill9();
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGINT),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGINT), &daemon);
 }
 
 #[test]
@@ -48,12 +38,7 @@ fn child_ignoring_sigterm_gets_sigkill_after_grace() {
     let killed_at = Instant::now();
     parent.kill9();
     daemon.wait_log("sent SIGTERM");
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        SIGKILL,
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(SIGKILL, &daemon);
     let took = killed_at.elapsed();
     // The SIGKILL comes at about `grace`: not before it, and well before
     // the default of 5s.
@@ -117,12 +102,7 @@ fn parent_already_dead_at_load_acts_at_once() {
     parent.kill9();
     let mut child = Proc::sleeper();
     let daemon = TestDaemon::start(&binding(parent_pid, child.pid(), ""));
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        SIGTERM,
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(SIGTERM, &daemon);
     daemon.wait_log(&format!("parent {parent_pid} is gone at load"));
 }
 
@@ -139,12 +119,7 @@ fn every_child_of_a_binding_is_signalled() {
     let daemon = TestDaemon::start(&config);
     parent.kill9();
     for child in &mut children {
-        assert_eq!(
-            child.wait_signal(TIMEOUT),
-            SIGTERM,
-            "log:\n{}",
-            daemon.log_text()
-        );
+        child.expect_signal(SIGTERM, &daemon);
     }
 }
 
@@ -156,18 +131,8 @@ fn two_bindings_on_one_parent_both_fire() {
     let config = binding(parent.pid(), a.pid(), "") + &binding(parent.pid(), b.pid(), "");
     let daemon = TestDaemon::start(&config);
     parent.kill9();
-    assert_eq!(
-        a.wait_signal(TIMEOUT),
-        SIGTERM,
-        "log:\n{}",
-        daemon.log_text()
-    );
-    assert_eq!(
-        b.wait_signal(TIMEOUT),
-        SIGTERM,
-        "log:\n{}",
-        daemon.log_text()
-    );
+    a.expect_signal(SIGTERM, &daemon);
+    b.expect_signal(SIGTERM, &daemon);
 }
 
 #[test]
@@ -181,12 +146,7 @@ fn parent_exiting_normally_also_fires() {
     let mut child = Proc::sleeper();
     let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), ""));
     std::fs::write(&fifo, "go\n").unwrap();
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        SIGTERM,
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(SIGTERM, &daemon);
     assert_eq!(parent.try_status().and_then(|s| s.code()), Some(0));
     daemon.wait_log(&format!("parent {} exited", parent.pid()));
 }
@@ -227,12 +187,7 @@ fn wrong_parent_pin_counts_as_parent_exited() {
             child.start_time()
         ),
     ));
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        SIGTERM,
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(SIGTERM, &daemon);
     daemon.wait_log("so it is another process");
 }
 
@@ -252,12 +207,7 @@ fn right_pins_are_accepted() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(child.is_alive());
     parent.kill9();
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        SIGTERM,
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(SIGTERM, &daemon);
 }
 
 #[test]

@@ -7,22 +7,21 @@ use std::path::Path;
 
 use crate::util::{binding, is_root, test_user, Proc, TestDaemon, TIMEOUT};
 
-/// A directory for pidfiles that tetherd, as root, accepts: every
-/// directory on its path root's and writable by no one else (so not under
-/// /tmp, which anyone may write). Elsewhere an ordinary temporary one.
-pub fn pidfile_dir() -> tempfile::TempDir {
+fn write_pid(path: &Path, pid: i32) {
+    fs::write(path, format!("{pid}\n")).unwrap();
+}
+
+/// A directory for pidfiles that the daemon under test accepts: as root,
+/// one where only root can write all the way up (under /run, not /tmp).
+fn pidfile_dir() -> tempfile::TempDir {
     if is_root() {
         tempfile::Builder::new()
             .prefix("tether-test-")
             .tempdir_in("/run")
-            .expect("a temporary directory in /run")
+            .unwrap()
     } else {
         tempfile::tempdir().unwrap()
     }
-}
-
-fn write_pid(path: &Path, pid: i32) {
-    fs::write(path, format!("{pid}\n")).unwrap();
 }
 
 #[test]
@@ -64,12 +63,7 @@ fn a_pidfile_binding_follows_a_restart_of_the_service_it_names() {
     assert_eq!(list[0]["children"][0], new.pid(), "{list}");
 
     parent.kill9();
-    assert_eq!(
-        new.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    new.expect_signal(Some(libc::SIGTERM), &daemon);
 }
 
 #[test]
@@ -147,6 +141,78 @@ fn bad_pidfiles_are_refused_and_the_rest_of_the_config_loads() {
         good_child.wait_signal(TIMEOUT),
         Some(libc::SIGTERM),
         "log:\n{log}"
+    );
+}
+
+#[test]
+fn as_root_a_pidfile_is_read_only_where_no_one_but_root_can_write() {
+    if !is_root() {
+        eprintln!("skipped: the location rule is a root daemon's");
+        return;
+    }
+    let run = pidfile_dir();
+    let alive = Proc::sleeper();
+    // Root's own file, in directories others can write: /tmp itself (a
+    // root-owned private directory inside it does not help), a sticky
+    // world-writable directory, and one owned by another user.
+    let in_tmp = tempfile::tempdir_in("/tmp").unwrap();
+    let sticky = run.path().join("sticky");
+    let theirs = run.path().join("theirs");
+    for dir in [&sticky, &theirs] {
+        fs::create_dir(dir).unwrap();
+    }
+    fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let refused = [
+        (
+            in_tmp.path().join("x.pid"),
+            "/tmp".to_string(),
+            "owner uid 0, mode 1777",
+        ),
+        (
+            sticky.join("x.pid"),
+            sticky.display().to_string(),
+            "owner uid 0, mode 1777",
+        ),
+        (
+            theirs.join("x.pid"),
+            theirs.display().to_string(),
+            "owner uid 65534, mode 0755",
+        ),
+    ];
+    // The same file where only root can write, reached through a symlink
+    // to the directory (as /var/run is to /run), is accepted.
+    let good = run.path().join("good.pid");
+    let link = run.path().join("link");
+    std::os::unix::fs::symlink(run.path(), &link).unwrap();
+    let parent = Proc::sleeper();
+    let mut config = String::new();
+    for (path, _, _) in &refused {
+        fs::write(path, alive.pid().to_string()).unwrap();
+        config.push_str(&format!(
+            "[[binding]]\nparent = {}\nchild_pidfile = \"{}\"\n",
+            parent.pid(),
+            path.display()
+        ));
+    }
+    fs::write(&good, alive.pid().to_string()).unwrap();
+    config.push_str(&format!(
+        "[[binding]]\nname = \"good\"\nparent = {}\nchild_pidfile = \"{}\"\n",
+        parent.pid(),
+        link.join("good.pid").display()
+    ));
+    let daemon = TestDaemon::start(&config);
+    let log = daemon.log_text();
+    for (path, dir, why) in &refused {
+        let line = format!(
+            "{}: directory {dir} is writable by a user other than root ({why}",
+            path.display()
+        );
+        assert!(log.contains(&line), "missing {line:?} in:\n{log}");
+    }
+    assert!(
+        log.contains("configuration applied: 1 added, 0 removed, 0 unchanged, 3 failed"),
+        "{log}"
     );
 }
 
@@ -268,7 +334,7 @@ fn pidfiles_under_a_directory_or_symlink_another_user_owns_are_refused() {
     let log = daemon.log_text();
     for line in [
         format!(
-            "binding \"users\": {}: directory {} can be changed by a user other than root (owner uid {uid}, gid {gid}, mode 0755); refusing the pidfile; binding not held",
+            "binding \"users\": {}: directory {} is writable by a user other than root (owner uid {uid}, mode 0755); a pidfile must be where only root can write, such as /run; refusing it; binding not held",
             path("users/svc.pid").display(),
             path("users").display()
         ),

@@ -35,26 +35,11 @@ fn reload_adds_removes_and_keeps_unchanged_bindings_and_timers() {
     gone_p.kill9();
     // The added and the unchanged ones do.
     new_p.kill9();
-    assert_eq!(
-        new_c.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    new_c.expect_signal(Some(libc::SIGTERM), &daemon);
     kept_p.kill9();
-    assert_eq!(
-        kept_c.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    kept_c.expect_signal(Some(libc::SIGTERM), &daemon);
     // The timer that was running survived the reload.
-    assert_eq!(
-        timer_c.wait_signal(TIMEOUT),
-        Some(libc::SIGKILL),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    timer_c.expect_signal(Some(libc::SIGKILL), &daemon);
     assert!(fired.elapsed() >= Duration::from_millis(1900));
     assert!(
         gone_c.is_alive(),
@@ -74,12 +59,7 @@ fn broken_config_on_reload_keeps_the_old_one() {
     daemon.wait_log("reload refused: 2 error(s)");
     daemon.wait_log("tether.toml:2:10: binding 1: parent: pid 1 cannot be bound");
     parent.kill9();
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGTERM), &daemon);
 }
 
 #[test]

@@ -56,6 +56,8 @@ mod reuse;
 #[cfg(target_os = "linux")]
 mod scale;
 #[cfg(target_os = "linux")]
+mod service;
+#[cfg(target_os = "linux")]
 mod torture;
 #[cfg(target_os = "linux")]
 mod trust;

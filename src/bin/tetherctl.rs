@@ -54,7 +54,8 @@ Exit status:
   127  exec: the command was not found
 
 Environment:
-  TETHER_SOCKET         the control socket (overridden by --socket)
+  TETHER_SOCKET         the control socket (overridden by --socket;
+                        overrides --config)
   TETHER_SYSTEM_SOCKET  where the system daemon listens [default:
                         /run/tether/tether.sock]; for tests
 
@@ -65,13 +66,21 @@ See tetherctl(1) and docs/protocol.md.";
 #[derive(Debug, Parser)]
 #[command(name = "tetherctl", version, about, after_help = AFTER_HELP)]
 struct Cli {
-    /// The control socket [default: $TETHER_SOCKET, else
+    /// The control socket [default: $TETHER_SOCKET, else the `[daemon]
+    /// socket` of the configuration file (--config), else
     /// /run/tether/tether.sock as root; otherwise
     /// $XDG_RUNTIME_DIR/tether/tether.sock (or /tmp/tether-UID/tether.sock)
     /// if a daemon of yours listens there, else the system socket
     /// /run/tether/tether.sock]. The server must be root or you
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+
+    /// The daemon's configuration file, read only for its `[daemon]
+    /// socket` when neither --socket nor TETHER_SOCKET is given [default:
+    /// tetherd's: /etc/tether/tether.toml as root,
+    /// $XDG_CONFIG_HOME/tether/tether.toml otherwise; ignored if missing]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -334,6 +343,62 @@ fn check_kill(s: &str) -> Result<String, String> {
     parse_kill(s).map(|_| s.to_owned())
 }
 
+/// `[daemon] socket` of the configuration file tetherd reads: `--config`,
+/// else tetherd's default file. Only that key is looked at, so a file the
+/// daemon would refuse (the very file a `reload` is about to report) still
+/// names its socket; a file that is not TOML at all names none, and the
+/// default socket is used with a warning. A missing or unreadable default
+/// file is no error; a missing `--config` file is.
+fn configured_socket(config: Option<&PathBuf>) -> Result<Option<PathBuf>, (Exit, String)> {
+    let path = config
+        .cloned()
+        .unwrap_or_else(tether::paths::default_config);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        // The default file is the daemon's, not the caller's: one the
+        // caller cannot read (another user's home, as after `su`) names
+        // nothing for it.
+        Err(err)
+            if config.is_none()
+                && matches!(
+                    err.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+        {
+            return Ok(None)
+        }
+        Err(err) => {
+            return Err((
+                Exit::Usage,
+                format!("{}: cannot read the configuration: {err}", path.display()),
+            ))
+        }
+    };
+    let table = match text.parse::<toml::Table>() {
+        Ok(table) => table,
+        Err(err) => {
+            let why = err
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("not TOML")
+                .to_owned();
+            eprintln!(
+                "tetherctl: warning: {}: cannot read [daemon] socket ({why}); using the default socket",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    let socket = table
+        .get("daemon")
+        .and_then(|daemon| daemon.get("socket"))
+        .and_then(|socket| socket.as_str())
+        .map(PathBuf::from)
+        .filter(|socket| socket.is_absolute());
+    Ok(socket)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = match cli
@@ -342,7 +407,14 @@ fn main() -> ExitCode {
         .or_else(|| std::env::var_os("TETHER_SOCKET").map(PathBuf::from))
     {
         Some(path) => Target::Explicit(path),
-        None => Target::Default,
+        None => match configured_socket(cli.config.as_ref()) {
+            Ok(Some(path)) => Target::Explicit(path),
+            Ok(None) => Target::Default,
+            Err((exit, message)) => {
+                eprintln!("tetherctl: {message}");
+                return exit.into();
+            }
+        },
     };
     let result = match cli.command {
         Command::Bind {

@@ -9,7 +9,7 @@ use clap::Parser;
 
 use std::time::Duration;
 
-use tether::config::{parse_poll_interval, BackendKind, Trust};
+use tether::config::{parse_poll_interval, BackendKind, Config, PidSource, Trust};
 use tether::daemon::{ConfigSource, Options};
 
 /// Exit codes, documented in `--help` and tetherd(8).
@@ -132,10 +132,15 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
+        if root {
+            for warning in service_warnings(&config) {
+                eprintln!("tetherd: warning: {}: {warning}", source.path.display());
+            }
+        }
         println!(
             "{}: configuration OK ({} bindings)",
             source.path.display(),
-            config.bindings.len()
+            config.bindings.len() + config.pidfile_bindings.len()
         );
         return Exit::Ok.into();
     }
@@ -194,6 +199,52 @@ fn list_backends(args: &Args) -> ExitCode {
     } else {
         Exit::Runtime.into()
     }
+}
+
+/// What `--check-config` run as root warns about: paths the shipped
+/// systemd unit (packaging/systemd/tetherd.service) cannot see or write,
+/// and pidfiles a root daemon would refuse for where they are. Warnings,
+/// not errors: the file is valid, and may be meant for another service
+/// manager.
+fn service_warnings(config: &Config) -> Vec<String> {
+    use tether::daemon::pidfile;
+    let mut warnings = Vec::new();
+    for binding in &config.pidfile_bindings {
+        let files = std::iter::once(&binding.parent).chain(&binding.children);
+        for path in files.filter_map(|source| match source {
+            PidSource::Pidfile(path) => Some(path),
+            PidSource::Pid(_) => None,
+        }) {
+            let label = binding.label();
+            if let Some(setting) = pidfile::hidden_by_unit(path) {
+                warnings.push(format!(
+                    "{label}: {}: hidden from the shipped tetherd.service ({setting}), which will find it missing; write pidfiles under /run",
+                    path.display()
+                ));
+            } else if let Err(why) = pidfile::trusted_location(path) {
+                // A directory that does not exist yet may be made by the
+                // service that writes the pidfile: say nothing of it.
+                if !why.contains("pidfile missing") {
+                    warnings.push(format!("{label}: {why}"));
+                }
+            }
+        }
+    }
+    let writable = [
+        ("[daemon] socket", &config.daemon.socket, "/run/tether"),
+        ("[daemon] state", &config.daemon.state, "/var/lib/tether"),
+    ];
+    for (key, path, dir) in writable {
+        if let Some(path) = path {
+            if !path.starts_with(dir) {
+                warnings.push(format!(
+                    "{key}: {}: outside {dir}, the only place the shipped tetherd.service may write it (ProtectSystem=strict, PrivateTmp=yes)",
+                    path.display()
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 fn trust(root: bool) -> Trust {

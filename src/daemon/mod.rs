@@ -19,7 +19,7 @@ mod bindings;
 mod budget;
 mod closer;
 mod control;
-mod pidfile;
+pub mod pidfile;
 mod requests;
 mod state;
 

@@ -1,13 +1,22 @@
-//! Pidfiles: the pid a service wrote, read without ever blocking and, as
-//! root, without trusting anything another user could have changed.
+//! Pidfiles: where a root daemon accepts one, how one is read without ever
+//! blocking, and which locations the shipped systemd unit hides.
 //!
-//! As root every directory on the path, from `/`, is opened one at a time
+//! A pidfile tells root's daemon which process to signal, so whoever can
+//! change it chooses the victim. As root, tetherd therefore reads a pidfile
+//! only if root owns it and alone can write it, and only if the same holds
+//! for every directory on the way to it (`/`, `/run`, `/run/foo`...):
+//! whoever can write a directory can replace the file in it, or a directory
+//! on the way with a symlink. That rules out `/tmp`, `/var/tmp` and
+//! `/dev/shm` (world-writable, sticky or not), home directories and
+//! `/run/user/UID`; `/run` and `/var/run` are where services write their
+//! pidfiles anyway.
+//!
+//! The path is walked from `/` one directory at a time, each opened
 //! relative to the one before and never through a symlink (`openat` with
-//! `O_NOFOLLOW`), and each must be root's and writable by nobody else: a
-//! user who can rename anything on the way could point the daemon at any
-//! process. A symlink on the way (`/var/run`) is followed only when it is
-//! root's and sits in such a directory; the pidfile itself is never a
-//! symlink.
+//! `O_NOFOLLOW`), and checked once open. A symlink on the way (`/var/run`)
+//! is followed only when root owns it and it sits in a directory that
+//! passed, and its target is walked the same way; the pidfile itself is
+//! never a symlink.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -24,6 +33,33 @@ use crate::config::Pid;
 
 /// The most symlinks followed on one pidfile's path.
 const MAX_LINKS: usize = 16;
+
+/// Locations the shipped `tetherd.service` cannot see, and the setting
+/// that hides them. Keep in step with packaging/systemd/tetherd.service.
+const HIDDEN_BY_UNIT: [(&str, &str); 6] = [
+    ("/tmp", "PrivateTmp=yes"),
+    ("/var/tmp", "PrivateTmp=yes"),
+    ("/home", "ProtectHome=yes"),
+    ("/root", "ProtectHome=yes"),
+    ("/run/user", "ProtectHome=yes"),
+    ("/var/run/user", "ProtectHome=yes"),
+];
+
+/// The unit setting that hides `path` from the shipped service, if one
+/// does (a lexical check: the path need not exist).
+pub fn hidden_by_unit(path: &Path) -> Option<&'static str> {
+    HIDDEN_BY_UNIT
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .map(|(_, setting)| *setting)
+}
+
+/// Whether a root daemon may read the pidfile `path` for where it is: every
+/// directory on the way to it checked as [`read`] does (the file itself
+/// need not exist).
+pub fn trusted_location(path: &Path) -> Result<(), String> {
+    walk(path).map(|_| ())
+}
 
 /// Reads a pidfile: opened non-blocking and without following a symlink,
 /// and only a small regular file is read. With `root_only` (the daemon is
@@ -76,6 +112,27 @@ pub fn read(path: &Path, root_only: bool) -> Result<Pid, String> {
 /// documentation).
 fn open_trusted(path: &Path) -> Result<File, String> {
     let shown = path.display();
+    let (dir, name) = walk(path)?;
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let fd =
+        openat(dir.as_fd(), name.as_os_str(), flags, Mode::empty()).map_err(
+            |errno| match errno {
+                Errno::ENOENT => format!("{shown}: pidfile missing"),
+                Errno::ELOOP => format!("{shown}: pidfile is a symlink; refusing it"),
+                _ => format!("{shown}: cannot open the pidfile: {errno}"),
+            },
+        )?;
+    Ok(File::from(fd))
+}
+
+/// Walks `path` from `/` to the directory holding its last component, each
+/// directory checked; returns that directory, open, and the file's name.
+fn walk(path: &Path) -> Result<(File, OsString), String> {
+    let shown = path.display();
     if !path.is_absolute() {
         return Err(format!("{shown}: a pidfile's path must be absolute"));
     }
@@ -96,13 +153,23 @@ fn open_trusted(path: &Path) -> Result<File, String> {
     while let Some(name) = todo.pop() {
         let here = at.join(&name);
         let last = todo.is_empty();
-        let stat = fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(
-            |errno| match errno {
-                Errno::ENOENT if last => format!("{shown}: pidfile missing"),
-                Errno::ENOENT => format!("{shown}: directory {} missing", here.display()),
-                _ => format!("{shown}: cannot look at {}: {errno}", here.display()),
-            },
-        )?;
+        let stat = match fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            // A missing file is for the caller to report.
+            Err(Errno::ENOENT) if last => return Ok((dir, name)),
+            Err(Errno::ENOENT) => {
+                return Err(format!(
+                    "{shown}: pidfile missing (no directory {})",
+                    here.display()
+                ))
+            }
+            Err(errno) => {
+                return Err(format!(
+                    "{shown}: cannot look at {}: {errno}",
+                    here.display()
+                ))
+            }
+        };
         if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK {
             if last {
                 return Err(format!("{shown}: pidfile is a symlink; refusing it"));
@@ -133,20 +200,7 @@ fn open_trusted(path: &Path) -> Result<File, String> {
             continue;
         }
         if last {
-            let flags = OFlag::O_RDONLY
-                | OFlag::O_NONBLOCK
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_NOCTTY
-                | OFlag::O_CLOEXEC;
-            let fd =
-                openat(dir.as_fd(), name.as_os_str(), flags, Mode::empty()).map_err(|errno| {
-                    match errno {
-                        Errno::ENOENT => format!("{shown}: pidfile missing"),
-                        Errno::ELOOP => format!("{shown}: pidfile is a symlink; refusing it"),
-                        _ => format!("{shown}: cannot open the pidfile: {errno}"),
-                    }
-                })?;
-            return Ok(File::from(fd));
+            return Ok((dir, name));
         }
         let next = crate::sys::open_dir_nofollow(Some(dir.as_fd()), Path::new(&name))
             .map_err(|err| format!("{shown}: cannot open directory {}: {err}", here.display()))?;
@@ -173,20 +227,54 @@ fn names(path: &Path) -> Vec<OsString> {
 }
 
 /// Refuses a directory on a pidfile's path that a user other than root
-/// could change: not root's, world-writable, or writable by a group other
-/// than root's.
+/// could change: not root's, or writable by its group or by anyone.
 fn check_dir(dir: &File, at: &Path, path: &Path) -> Result<(), String> {
     let meta = dir
         .metadata()
         .map_err(|err| format!("{}: cannot stat {}: {err}", path.display(), at.display()))?;
-    let (uid, gid, mode) = (meta.uid(), meta.gid(), meta.mode());
-    if uid != 0 || mode & 0o002 != 0 || (mode & 0o020 != 0 && gid != 0) {
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
         return Err(format!(
-            "{}: directory {} can be changed by a user other than root (owner uid {uid}, gid {gid}, mode {:04o}); refusing the pidfile",
+            "{}: directory {} is writable by a user other than root (owner uid {}, mode {:04o}); a pidfile must be where only root can write, such as /run; refusing it",
             path.display(),
             at.display(),
-            mode & 0o7777
+            meta.uid(),
+            meta.mode() & 0o7777
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_hides_tmp_and_homes_but_not_run() {
+        assert_eq!(
+            hidden_by_unit(Path::new("/tmp/x.pid")),
+            Some("PrivateTmp=yes")
+        );
+        assert_eq!(
+            hidden_by_unit(Path::new("/var/tmp/a/x.pid")),
+            Some("PrivateTmp=yes")
+        );
+        assert_eq!(
+            hidden_by_unit(Path::new("/home/ann/x.pid")),
+            Some("ProtectHome=yes")
+        );
+        assert_eq!(
+            hidden_by_unit(Path::new("/run/user/1000/x.pid")),
+            Some("ProtectHome=yes")
+        );
+        assert_eq!(hidden_by_unit(Path::new("/run/x.pid")), None);
+        assert_eq!(hidden_by_unit(Path::new("/tmpfoo/x.pid")), None);
+    }
+
+    #[test]
+    fn the_hidden_list_follows_the_shipped_unit() {
+        let unit = include_str!("../../packaging/systemd/tetherd.service");
+        for (_, setting) in HIDDEN_BY_UNIT {
+            assert!(unit.lines().any(|line| line == setting), "{setting}");
+        }
+    }
 }

@@ -878,3 +878,205 @@ impl Refusal {
         }
     }
 }
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! Request handling without the socket: a real daemon on the pidfd
+    //! backend, requests handed to it as the loop would, with made-up
+    //! peers.
+    use super::*;
+    use crate::config::{Config, Trust};
+    use crate::daemon::{ConfigSource, Options};
+    use crate::watch::pidfd::PidfdWatcher;
+
+    struct Fixture {
+        daemon: Daemon<PidfdWatcher>,
+        _dir: tempfile::TempDir,
+        procs: Vec<std::process::Child>,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            for p in &mut self.procs {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+        }
+    }
+
+    fn fixture(config: Config) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let options = Options {
+            config: ConfigSource {
+                path: dir.path().join("none.toml"),
+                required: false,
+                trust: Trust::Any,
+            },
+            state_path: Some(dir.path().join("state/state.json")),
+            socket_path: Some(dir.path().join("run/tether.sock")),
+            log_from_env: true,
+            backend: None,
+            poll_interval: None,
+            notifier: crate::notify::Notifier::new(None),
+        };
+        let watcher = PidfdWatcher::new().unwrap();
+        Fixture {
+            daemon: Daemon::new(watcher, options, config).unwrap(),
+            _dir: dir,
+            procs: Vec::new(),
+        }
+    }
+
+    impl Fixture {
+        fn sleeper(&mut self) -> i32 {
+            let child = std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap();
+            let pid = i32::try_from(child.id()).unwrap();
+            self.procs.push(child);
+            pid
+        }
+
+        fn ask(&mut self, uid: u32, line: &str) -> Response {
+            let peer = PeerCred {
+                uid,
+                pid: Some(4242),
+            };
+            self.daemon
+                .handle_line(&peer, line.as_bytes(), Vec::new())
+                .0
+        }
+    }
+
+    fn me() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    #[test]
+    fn refusals_carry_their_codes() {
+        let mut f = fixture(Config::default());
+        let (p, c) = (f.sleeper(), f.sleeper());
+        let cases: Vec<(String, &str)> = vec![
+            ("{not json".into(), "bad_request"),
+            (r#"{"v":99,"op":"status"}"#.into(), "bad_request"),
+            (
+                format!(
+                    r#"{{"v":1,"op":"bind","parent":{{"pid":{p}}},"children":[{{"pid":{c}}}],"signal":"SIGNOPE"}}"#
+                ),
+                "invalid",
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"op":"bind","parent":{{"pid":{p}}},"children":[{{"pid":{c}}}],"name":"a\u202eb"}}"#
+                ),
+                "invalid",
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"op":"bind","parent":{{"pid":1}},"children":[{{"pid":{c}}}],"require_live_parent":true}}"#
+                ),
+                "parent_gone",
+            ),
+            (
+                format!(
+                    r#"{{"v":1,"op":"bind","parent":{{"pid":{p}}},"children":[{{"pid":{}}}]}}"#,
+                    i32::MAX
+                ),
+                "child_gone",
+            ),
+            (
+                r#"{"v":1,"op":"unbind","id":777}"#.into(),
+                "no_such_binding",
+            ),
+        ];
+        for (line, code) in cases {
+            let response = f.ask(me(), &line);
+            assert!(!response.ok, "{line}");
+            assert_eq!(response.code.as_deref(), Some(code), "{line}: {response:?}");
+            let error = response.error.unwrap_or_default();
+            assert_eq!(error.lines().count(), 1, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_dead_parent_gives_parent_gone_only_when_a_live_one_is_required() {
+        let mut f = fixture(Config::default());
+        let c = f.sleeper();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let d = i32::try_from(dead.id()).unwrap();
+        dead.wait().unwrap();
+        let strict = format!(
+            r#"{{"v":1,"op":"bind","parent":{{"pid":{d}}},"children":[{{"pid":{c}}}],"require_live_parent":true,"signal":"SIGCONT"}}"#
+        );
+        let response = f.ask(me(), &strict);
+        assert_eq!(
+            response.code.as_deref(),
+            Some("parent_gone"),
+            "{response:?}"
+        );
+        let lenient = strict.replace(r#","require_live_parent":true"#, "");
+        let response = f.ask(me(), &lenient);
+        assert!(response.ok, "{response:?}");
+        assert!(
+            response
+                .warning
+                .is_some_and(|w| w.contains("is not running")),
+            "a bind whose parent is gone says so"
+        );
+    }
+
+    #[test]
+    fn users_see_and_unbind_only_their_own() {
+        let mut f = fixture(Config::default());
+        let (p, c) = (f.sleeper(), f.sleeper());
+        let bind =
+            format!(r#"{{"v":1,"op":"bind","parent":{{"pid":{p}}},"children":[{{"pid":{c}}}]}}"#);
+        let response = f.ask(0, &bind);
+        let id = response.id.expect("root may bind anything");
+        // Another user: the process is not theirs.
+        let stranger = me() + 4321;
+        let other = f.sleeper();
+        let response = f.ask(stranger, &bind.replace(&c.to_string(), &other.to_string()));
+        assert_eq!(
+            response.code.as_deref(),
+            Some("not_permitted"),
+            "{response:?}"
+        );
+        let listed = f.ask(stranger, r#"{"v":1,"op":"list"}"#);
+        assert_eq!(listed.bindings.map(|b| b.len()), Some(0));
+        let response = f.ask(stranger, &format!(r#"{{"v":1,"op":"unbind","id":{id}}}"#));
+        assert_eq!(
+            response.code.as_deref(),
+            Some("no_such_binding"),
+            "{response:?}"
+        );
+        let response = f.ask(stranger, r#"{"v":1,"op":"reload"}"#);
+        assert_eq!(
+            response.code.as_deref(),
+            Some("not_permitted"),
+            "{response:?}"
+        );
+        let listed = f.ask(0, r#"{"v":1,"op":"list"}"#);
+        assert_eq!(listed.bindings.map(|b| b.len()), Some(1));
+        assert!(
+            f.ask(0, &format!(r#"{{"v":1,"op":"unbind","id":{id}}}"#))
+                .ok
+        );
+    }
+
+    #[test]
+    fn the_per_uid_cap_is_a_limit_refusal() {
+        let mut config = Config::default();
+        config.daemon.max_bindings_per_uid = 1;
+        let mut f = fixture(config);
+        let (p, c1, c2) = (f.sleeper(), f.sleeper(), f.sleeper());
+        let bind = |c: i32| {
+            format!(r#"{{"v":1,"op":"bind","parent":{{"pid":{p}}},"children":[{{"pid":{c}}}]}}"#)
+        };
+        assert!(f.ask(me(), &bind(c1)).ok);
+        let response = f.ask(me(), &bind(c2));
+        assert_eq!(response.code.as_deref(), Some("limit"), "{response:?}");
+    }
+}

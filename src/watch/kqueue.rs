@@ -30,8 +30,8 @@ use nix::sys::event::{EvFlags, EventFilter, FilterFlag, KEvent, Kqueue};
 
 use super::pids::{self, PidHandle, Watched};
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
-use crate::config::{Pid, Signal};
 use crate::sys::bsd::{self, ProcInfo};
+use crate::vocab::{Pid, Signal};
 
 /// The `kqueue` backend.
 #[derive(Debug)]

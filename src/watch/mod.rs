@@ -27,8 +27,8 @@ use std::time::Duration;
 use log::warn;
 use mio::{Registry, Token};
 
-pub use crate::config::BackendKind;
-use crate::config::{Pid, Signal};
+pub use crate::vocab::BackendKind;
+use crate::vocab::{Pid, Signal};
 
 mod pids;
 

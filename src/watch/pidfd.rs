@@ -19,8 +19,8 @@ use mio::{Interest, Registry, Token};
 
 use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
-use crate::config::{Pid, Signal};
 use crate::sys::linux as sys;
+use crate::vocab::{Pid, Signal};
 
 /// `PID_FS_MAGIC` from linux/magic.h: the file system of pidfds on 6.9+.
 const PIDFS_MAGIC: i64 = 0x5049_4446;

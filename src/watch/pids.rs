@@ -10,7 +10,7 @@ use std::io;
 use mio::Token;
 
 use super::Delivery;
-use crate::config::Signal;
+use crate::vocab::Signal;
 
 /// A process known by pid and start time: the handle of the backends
 /// without process descriptors. It does not hold the process; every use

@@ -42,8 +42,8 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use super::pids::{self, PidHandle, Watched};
 use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
-use crate::config::{Pid, Signal};
 use crate::sys::linux as sys;
+use crate::vocab::{Pid, Signal};
 
 /// `CN_IDX_PROC` and `CN_VAL_PROC` (linux/connector.h).
 const CN_IDX_PROC: u32 = 1;

@@ -1,7 +1,9 @@
 //! Test fixtures: a real `tetherd` in its own temporary directory, real
 //! processes to bind, and waiting by condition instead of fixed sleeps.
 
-#![allow(dead_code)]
+// Off Linux only the portable modules are built, and the helpers only the
+// Linux modules use are unused there; on Linux every helper must be used.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 use std::fs;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -203,6 +205,20 @@ impl Proc {
     pub fn wait_signal(&mut self, timeout: Duration) -> Option<i32> {
         wait_until(timeout, || self.try_status().is_some());
         self.try_status().and_then(|s| s.signal())
+    }
+
+    /// Asserts that the process ends by `sig` (`None`: exits normally)
+    /// within [`TIMEOUT`]; the failure shows `daemon`'s log.
+    #[track_caller]
+    pub fn expect_signal(&mut self, sig: Option<i32>, daemon: &TestDaemon) {
+        let got = self.wait_signal(TIMEOUT);
+        assert_eq!(
+            got,
+            sig,
+            "pid {} did not end by signal {sig:?} within {TIMEOUT:?}; log:\n{}",
+            self.pid(),
+            daemon.log_text()
+        );
     }
 
     /// Whether the process is still running (not exited, not a zombie).
