@@ -101,3 +101,87 @@ fn a_reload_that_changes_the_backend_says_it_needs_a_restart() {
     assert_eq!(code, 0);
     assert!(out.contains(&format!("backend:      {backend}\n")), "{out}");
 }
+
+/// `cat new > tether.toml` truncates the file and then writes it: a reload
+/// in between must not apply the empty or half-written file (which would
+/// drop bindings and forget their pins, or bind a pid cut short). A
+/// writer pausing 5 ms between chunks (less than the 50 ms a file must be
+/// still) rewrites the file while SIGHUPs arrive.
+#[test]
+fn a_config_rewritten_in_place_during_reloads_is_never_applied_half_written() {
+    let pairs: Vec<(Proc, Proc)> = (0..3).map(|_| (Proc::sleeper(), Proc::sleeper())).collect();
+    let config: String = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (p, c))| binding(p.pid(), c.pid(), &format!("name = \"job{i}\"")))
+        .collect();
+    let daemon = TestDaemon::start(&config);
+    let path = daemon.config.clone();
+    let text = config.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        for _ in 0..8 {
+            let mut file = std::fs::File::create(&path).unwrap();
+            for chunk in text.as_bytes().chunks(16) {
+                file.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(file);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let pid = nix::unistd::Pid::from_raw(daemon.pid());
+    let mut n_hups = 0;
+    while !writer.is_finished() {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        n_hups += 1;
+        std::thread::sleep(Duration::from_millis(7));
+    }
+    writer.join().unwrap();
+    // The last SIGHUPs are handled, the file now whole and still.
+    daemon.reload(&config);
+    let log = daemon.log_text();
+    assert!(n_hups > 20, "{n_hups} SIGHUPs");
+    eprintln!(
+        "{n_hups} SIGHUPs: {} reloads applied, {} refused",
+        daemon.count("configuration applied") - 1,
+        daemon.count("reload refused")
+    );
+    assert_eq!(daemon.count(": removed ("), 0, "log:\n{log}");
+    assert_eq!(
+        daemon.count("added, 0 removed, 3 unchanged"),
+        daemon.count("configuration applied") - 1,
+        "log:\n{log}"
+    );
+    for (mut parent, mut child) in pairs {
+        parent.kill9();
+        assert_eq!(
+            child.wait_signal(TIMEOUT),
+            Some(libc::SIGTERM),
+            "log:\n{}",
+            daemon.log_text()
+        );
+    }
+}
+
+/// An empty file while configured bindings are held is taken for a file
+/// caught between truncation and writing: refused. A file with only a
+/// comment drops them.
+#[test]
+fn an_empty_config_is_refused_while_bindings_are_held() {
+    let (mut parent, mut child) = (Proc::sleeper(), Proc::sleeper());
+    let daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), ""));
+    daemon.reload("");
+    daemon.wait_log(
+        "tether.toml: the file is empty while 1 configured bindings are held (rewritten in place?); to drop them all, leave a comment in it",
+    );
+    parent.kill9();
+    assert_eq!(
+        child.wait_signal(TIMEOUT),
+        Some(libc::SIGTERM),
+        "log:\n{}",
+        daemon.log_text()
+    );
+    daemon.reload("# no bindings\n");
+    daemon.wait_log("configuration applied: 0 added, 1 removed");
+}

@@ -125,3 +125,114 @@ fn reused_child_pid_is_never_signalled() {
         "{log}"
     );
 }
+
+/// Pins belong to the configuration entry that took them. Run as pid 1 of
+/// a new pid namespace, like [`SCRIPT`].
+/// 1. A job's launcher dies and its captive is signalled; the next job's
+///    launcher gets the same pid and the configuration is rewritten for
+///    it: its captive must not be signalled at load for the old launcher.
+/// 2. A reload drops an entry; its child dies and an innocent takes the
+///    pid; the entry comes back: its old pins come back with it, so the
+///    innocent is never signalled.
+const ENTRY_SCRIPT: &str = r#"
+set -u
+T=$1; D=$2; C=$3; shift 3
+B=("$@")
+trap 'kill $(jobs -p) 2>/dev/null' EXIT
+log=$D/tetherd.log
+wait_log() {
+  for _ in $(seq 1 400); do grep -q "$1" "$log" && return 0; sleep 0.05; done
+  echo "FAIL no log line: $1"; cat "$log"; exit 1
+}
+next_pid() { echo $(( $1 - 1 )) > /proc/sys/kernel/ns_last_pid; }
+recorder() { # records any SIGTERM in $D/term.$1, once its trap is set
+  ( trap "echo TERM >> $D/term.$1; exit 0" TERM; touch $D/ready.$1
+    while :; do sleep 0.05; done ) &
+}
+trap_set() { # waits for recorder $1's trap
+  for _ in $(seq 1 400); do [ -e $D/ready.$1 ] && return 0; sleep 0.01; done
+  echo "FAIL recorder $1 not ready"; exit 1
+}
+applied=1
+write() { printf "$@" > $D/new.toml; mv $D/new.toml $D/t.toml; }
+config() { # rewrites the config (atomically) and waits for it to be applied
+  write "$@"
+  applied=$((applied + 1))
+  kill -HUP $TD
+  for _ in $(seq 1 400); do
+    [ "$(grep -c 'configuration applied' "$log" 2>/dev/null)" -ge $applied ] && return 0
+    sleep 0.05
+  done
+  echo "FAIL config not applied"; cat "$log"; exit 1
+}
+[ -w /proc/sys/kernel/ns_last_pid ] || { echo "SKIP ns_last_pid is not writable"; exit 0; }
+J='[[binding]]\nname = "job"\nparent = %s\nchild = %s\ngrace = "1s"\n'
+
+# 1. The next job's launcher at the old launcher's pid.
+sleep 300 & P=$!
+recorder job1; C1=$!
+trap_set job1
+write "$J" $P $C1
+"$T" "${B[@]}" --config $D/t.toml --state $D/state.json --socket $D/tether.sock 2>>$log & TD=$!
+wait_log "ready:"
+kill -9 $P; wait $P 2>/dev/null
+wait_log "binding \"job\": parent $P exited; sent SIGTERM to child $C1"
+wait $C1 2>/dev/null
+sleep 0.03
+next_pid $P
+sleep 300 & P2=$!
+[ "$P2" = "$P" ] || { echo "SKIP pid $P could not be reused (got $P2)"; exit 0; }
+next_pid $(( C1 + 100 )) # the new captive's pid is not the old one's
+recorder job2; C2=$!
+trap_set job2
+config "$J" $P $C2
+sleep 1
+if [ -e $D/term.job2 ] || ! kill -0 $C2; then echo "FAIL the new job's captive $C2 was signalled for the old launcher"
+else echo "OK the new job's captive is left alone"; fi
+kill -9 $P2; wait $P2 2>/dev/null
+wait_log "binding \"job\": parent $P exited; sent SIGTERM to child $C2"
+
+# 2. An entry leaves and comes back: its pins come back with it.
+sleep 300 & P3=$!
+sleep 300 & C3=$!
+sleep 300 & K3=$!
+S='[[binding]]\nname = "svc"\nparent = %s\nchildren = [%s, %s]\ngrace = "1s"\n'
+config "$S" $P3 $C3 $K3
+config '# nothing for now\n'
+kill -9 $C3; wait $C3 2>/dev/null
+sleep 0.03
+next_pid $C3
+recorder innocent; I3=$!
+[ "$I3" = "$C3" ] || { echo "SKIP pid $C3 could not be reused (got $I3)"; exit 0; }
+trap_set innocent
+config "$S" $P3 $C3 $K3
+wait_log "binding \"svc\": child $C3 dropped"
+kill -9 $P3; wait $P3 2>/dev/null
+wait_log "binding \"svc\": parent $P3 exited; sent SIGTERM to child $K3"
+sleep 1.5   # longer than the grace period
+if [ -e $D/term.innocent ]; then echo "FAIL innocent $I3 was signalled"
+elif kill -0 $I3 2>/dev/null; then echo "OK innocent $I3 alive and unsignalled"
+else echo "FAIL innocent $I3 is dead"; fi
+kill -TERM $TD; wait $TD
+echo "EXIT $?"
+"#;
+
+#[test]
+fn pins_belong_to_the_config_entry_that_took_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = match run_reuse_script(ENTRY_SCRIPT, dir.path()) {
+        ScriptRun::Ran(stdout, stderr) => (stdout, stderr),
+        ScriptRun::Skipped(reason) => {
+            eprintln!("skipped: {reason}");
+            return;
+        }
+    };
+    let log = std::fs::read_to_string(dir.path().join("tetherd.log")).unwrap_or_default();
+    assert!(!stdout.contains("FAIL"), "{stdout}\n{stderr}\nlog:\n{log}");
+    assert_eq!(
+        stdout.matches("OK ").count(),
+        2,
+        "{stdout}\n{stderr}\nlog:\n{log}"
+    );
+    assert!(stdout.contains("EXIT 0"), "{stdout}\n{stderr}\nlog:\n{log}");
+}

@@ -55,3 +55,16 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// One error about the whole file at `path`.
+    pub fn whole_file(path: &std::path::Path, message: String) -> Self {
+        ConfigErrors(vec![ConfigError {
+            path: path.to_path_buf(),
+            position: None,
+            context: None,
+            field: None,
+            message,
+        }])
+    }
+}

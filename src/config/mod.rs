@@ -40,34 +40,96 @@ pub enum Trust {
 
 /// Reads, parses and validates the file at `path`.
 pub fn load(path: &Path, trust: Trust) -> Result<Config, ConfigErrors> {
-    let whole_file = |message: String| {
-        ConfigErrors(vec![ConfigError {
-            path: path.to_path_buf(),
-            position: None,
-            context: None,
-            field: None,
-            message,
-        }])
-    };
+    let snapshot = read(path, trust)?;
+    if !snapshot.stable {
+        return Err(ConfigErrors::whole_file(
+            path,
+            "the file changed while it was read (being written?)".into(),
+        ));
+    }
+    parse(&snapshot.text, path)
+}
+
+/// What a read of the file saw: its text, and whether it stayed the same
+/// while it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The whole text.
+    pub text: String,
+    /// What `fstat` said after the read.
+    pub stamp: Stamp,
+    /// Whether `fstat` said the same before and after the read, and the
+    /// bytes read are as many as its size.
+    pub stable: bool,
+}
+
+/// What `fstat` says of a file that changes whenever it is written:
+/// device, inode, size, and the modification and change times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+
+    /// When the file last changed (the later of its modification and
+    /// change times).
+    pub fn changed(&self) -> std::time::SystemTime {
+        let at = |(secs, nsecs): (i64, i64)| {
+            let secs = u64::try_from(secs).unwrap_or(0);
+            let nsecs = u32::try_from(nsecs).unwrap_or(0);
+            std::time::UNIX_EPOCH + std::time::Duration::new(secs, nsecs)
+        };
+        at(self.mtime).max(at(self.ctime))
+    }
+}
+
+/// Reads the whole file at `path` and tells whether it stayed the same
+/// while it was read (see [`Snapshot`]); parses nothing.
+pub fn read(path: &Path, trust: Trust) -> Result<Snapshot, ConfigErrors> {
+    let whole_file = |message: String| ConfigErrors::whole_file(path, message);
     let mut file = File::open(path).map_err(|err| whole_file(format!("cannot read: {err}")))?;
+    // The metadata of the open file, not of the path: what is checked is
+    // what is read, even if the path is replaced in between.
+    let before = file
+        .metadata()
+        .map_err(|err| whole_file(format!("cannot read: {err}")))?;
     if trust == Trust::RequireRootOwned {
-        // The metadata of the open file, not of the path: what is checked is
-        // what is read, even if the path is replaced in between.
-        let metadata = file
-            .metadata()
-            .map_err(|err| whole_file(format!("cannot read: {err}")))?;
-        check_owner(metadata.uid(), metadata.gid(), metadata.mode()).map_err(whole_file)?;
+        check_owner(before.uid(), before.gid(), before.mode()).map_err(whole_file)?;
     }
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .map_err(|err| whole_file(format!("cannot read: {err}")))?;
+    let after = file
+        .metadata()
+        .map_err(|err| whole_file(format!("cannot read: {err}")))?;
+    let stamp = Stamp::of(&after);
+    let stable = Stamp::of(&before) == stamp
+        && u64::try_from(bytes.len()).is_ok_and(|len| len == stamp.size);
     let text = String::from_utf8(bytes).map_err(|err| {
         let valid_up_to = err.utf8_error().valid_up_to();
         whole_file(format!(
             "cannot read: not UTF-8 text (invalid byte at offset {valid_up_to})"
         ))
     })?;
-    parse(&text, path)
+    Ok(Snapshot {
+        text,
+        stamp,
+        stable,
+    })
 }
 
 /// Refuses a file that a user other than root could have written: owned by

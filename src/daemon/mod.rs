@@ -47,7 +47,7 @@ use crate::protocol::ReloadInfo;
 use crate::watch::{self, Backend, Delivery, Identity, OpenError, ProcEntry};
 use bindings::{Binding, Bindings, Member, MemberRef, Scope, MAX_CHILDREN, RESERVED_TOKENS};
 use control::{Conn, ControlSocket};
-use state::{Pin, Pins, SavedBinding, SavedProc};
+use state::{EntryKey, Pin, SavedBinding, SavedProc};
 
 /// The token of the daemon's own signals.
 const SIGNAL_TOKEN: Token = Token(RESERVED_TOKENS);
@@ -77,13 +77,61 @@ pub struct ConfigSource {
     pub trust: Trust,
 }
 
+/// A configuration file that changed less than this long ago may still be
+/// being written: it is read again once it has been still that long.
+pub const CONFIG_SETTLE: Duration = Duration::from_millis(50);
+/// How long a load waits for a file being written to settle before it is
+/// refused.
+pub const CONFIG_SETTLE_MAX: Duration = Duration::from_millis(200);
+
 impl ConfigSource {
     /// Loads and validates the file.
     pub fn load(&self) -> Result<Config, ConfigErrors> {
+        self.load_replacing(0)
+    }
+
+    /// Loads and validates the file to replace a configuration holding
+    /// `n_held` bindings. A file rewritten in place (`cat new > file`) is
+    /// empty, then half-written, for a moment: it is used only once the
+    /// same read (size, times, inode) is seen across [`CONFIG_SETTLE`], or
+    /// it last changed longer ago than that, and refused if it is still
+    /// changing after [`CONFIG_SETTLE_MAX`]. An empty file while bindings
+    /// are held is refused too: to drop them all, leave a comment in it.
+    /// A writer that pauses longer than that mid-file cannot be told from
+    /// a finished one: write a temporary file and rename it into place.
+    pub fn load_replacing(&self, n_held: usize) -> Result<Config, ConfigErrors> {
         if !self.required && !self.path.exists() {
             return Ok(Config::default());
         }
-        config::load(&self.path, self.trust)
+        let began = Instant::now();
+        let mut previous = None;
+        loop {
+            let snapshot = config::read(&self.path, self.trust)?;
+            let age = std::time::SystemTime::now()
+                .duration_since(snapshot.stamp.changed())
+                .unwrap_or(Duration::ZERO);
+            let settled =
+                snapshot.stable && (age >= CONFIG_SETTLE || previous == Some(snapshot.stamp));
+            if settled {
+                if n_held > 0 && snapshot.text.trim().is_empty() {
+                    return Err(ConfigErrors::whole_file(&self.path, format!(
+                        "the file is empty while {n_held} configured bindings are held (rewritten in place?); to drop them all, leave a comment in it"
+                    )));
+                }
+                return config::parse(&snapshot.text, &self.path);
+            }
+            let pause = CONFIG_SETTLE
+                .saturating_sub(age)
+                .max(Duration::from_millis(5));
+            if began.elapsed() + pause > CONFIG_SETTLE_MAX {
+                return Err(ConfigErrors::whole_file(&self.path, format!(
+                    "the file was still being written {}ms after the reload began; write a temporary file and rename it into place",
+                    began.elapsed().as_millis()
+                )));
+            }
+            previous = snapshot.stable.then_some(snapshot.stamp);
+            std::thread::sleep(pause);
+        }
     }
 }
 
@@ -176,7 +224,10 @@ pub struct Daemon<B: Backend> {
     next_id: u64,
     /// Escalation deadlines, earliest first.
     timers: BinaryHeap<Reverse<(Instant, BindingId)>>,
-    pins: Pins,
+    pins: state::Pins,
+    /// The configuration entry of each binding made from a pidfile entry
+    /// (the entry of any other configured binding is its spec's).
+    pidfile_entries: HashMap<BindingId, EntryKey>,
     state: StateFile,
     /// Whether socket bindings changed since the state file was written,
     /// and whether the change must be on disk before anyone is told.
@@ -265,6 +316,7 @@ impl<B: Backend> Daemon<B> {
             next_id: loaded.next_id.max(1),
             timers: BinaryHeap::new(),
             pins: loaded.pins,
+            pidfile_entries: HashMap::new(),
             state,
             state_dirty: Dirty::Clean,
             options,
@@ -439,7 +491,12 @@ impl<B: Backend> Daemon<B> {
     }
 
     fn reload_config(&mut self) -> Result<ReloadInfo, ConfigErrors> {
-        match self.options.config.load() {
+        let n_held = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.origin == Origin::Config)
+            .count();
+        match self.options.config.load_replacing(n_held) {
             Ok(config) => {
                 self.warn_if_restart_needed(&config);
                 Ok(self.apply(config))
@@ -480,17 +537,43 @@ impl<B: Backend> Daemon<B> {
 
     /// Makes the configured bindings those of `config`: adds new ones,
     /// drops removed ones, leaves unchanged ones (and their timers) alone.
+    /// A binding whose SIGKILL is pending is never dropped by a reload: it
+    /// stays, outside the configuration, until its escalation is done.
     fn apply(&mut self, mut config: Config) -> ReloadInfo {
-        // Pidfile bindings become pid bindings here, each file read now. A
-        // refused one is logged and left out; the rest of the file loads.
+        // Each entry with its key (for its pins). Pidfile bindings become
+        // pid bindings here, each file read now. A refused one is logged
+        // and left out, unless the entry holds a binding: a pidfile being
+        // rewritten, or removed by a service that exits, does not drop it;
+        // only a pidfile naming another live process replaces it.
+        let mut wanted_specs: Vec<(BindingSpec, Option<EntryKey>)> =
+            config.bindings.drain(..).map(|spec| (spec, None)).collect();
         let mut n_refused = 0;
         for pidfile_binding in std::mem::take(&mut config.pidfile_bindings) {
-            match self.resolve(&pidfile_binding) {
-                Ok(spec) => config.bindings.push(spec),
-                Err(why) => {
-                    error!("{}: {why}; binding not held", pidfile_binding.label());
-                    n_refused += 1;
+            let entry = EntryKey::of_pidfile(&pidfile_binding);
+            let why = match self.resolve(&pidfile_binding) {
+                Ok(spec) => {
+                    wanted_specs.push((spec, Some(entry)));
+                    continue;
                 }
+                Err(why) => why,
+            };
+            let held: Vec<BindingSpec> = self
+                .pidfile_entries
+                .iter()
+                .filter(|&(_, e)| *e == entry)
+                .filter_map(|(&id, _)| self.bindings.get(id))
+                .filter(|b| b.phase != Phase::Done)
+                .map(|b| (*b.spec).clone())
+                .collect();
+            if held.is_empty() {
+                error!("{}: {why}; binding not held", pidfile_binding.label());
+                n_refused += 1;
+            } else {
+                warn!(
+                    "{}: {why}; the binding stays held until the pidfile names another running process",
+                    pidfile_binding.label()
+                );
+                wanted_specs.extend(held.into_iter().map(|spec| (spec, Some(entry))));
             }
         }
         if !self.options.log_from_env {
@@ -527,42 +610,70 @@ impl<B: Backend> Daemon<B> {
             .filter(|(_, b)| b.origin == Origin::Config)
             .map(|(id, b)| (Rc::clone(&b.spec), id))
             .collect();
-        let wanted: HashSet<&BindingSpec> = config.bindings.iter().collect();
+        let wanted: HashSet<&BindingSpec> = wanted_specs.iter().map(|(spec, _)| spec).collect();
         let stale: Vec<(Rc<BindingSpec>, BindingId)> = by_spec
             .iter()
             .filter(|(spec, _)| !wanted.contains(spec.as_ref()))
             .map(|(spec, id)| (Rc::clone(spec), *id))
             .collect();
+        drop(wanted);
         let n_removed = stale.len();
         for (spec, id) in stale {
             by_spec.remove(&spec);
-            self.remove(id, "no longer in the configuration");
+            match self.bindings.get(id) {
+                Some(b) if matches!(b.phase, Phase::Signalled { deadline: Some(_) }) => info!(
+                    "{}: no longer in the configuration; kept until its pending SIGKILL is sent",
+                    b.label()
+                ),
+                _ => self.remove(id, "no longer in the configuration"),
+            }
         }
         let (mut n_added, mut n_unchanged, mut n_failed) = (0, 0, n_refused);
-        for spec in config.bindings {
-            if by_spec.contains_key(&spec) {
-                n_unchanged += 1;
-                continue;
-            }
-            let spec = Rc::new(spec);
-            match self.add(Rc::clone(&spec), Origin::Config) {
-                Some(id) => {
-                    by_spec.insert(spec, id);
-                    n_added += 1;
+        for (spec, pidfile_entry) in wanted_specs {
+            let entry = pidfile_entry.unwrap_or_else(|| EntryKey::of_spec(&spec));
+            let id = match by_spec.get(&spec) {
+                Some(&id) => {
+                    n_unchanged += 1;
+                    Some(id)
                 }
-                None => n_failed += 1,
+                None => {
+                    let spec = Rc::new(spec);
+                    let id = self.add(Rc::clone(&spec), Origin::Config, Some(entry));
+                    match id {
+                        Some(id) => {
+                            by_spec.insert(spec, id);
+                            n_added += 1;
+                        }
+                        None => n_failed += 1,
+                    }
+                    id
+                }
+            };
+            if let (Some(id), Some(entry)) = (id, pidfile_entry) {
+                self.pidfile_entries.insert(id, entry);
             }
         }
-        // Pins of pids no configured binding names any more are forgotten:
-        // if the administrator names the pid again, it is a new process.
-        let named: HashSet<Pid> = by_spec
-            .keys()
-            .flat_map(|spec| {
-                std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid))
-            })
-            .collect();
-        self.pins.retain(|pid| named.contains(&pid));
-        drop(named);
+        // Pins follow their entries: an entry keeps the pins of the pids
+        // it names now; the pins of an entry that left are retired (kept,
+        // bounded), so the same entry coming back gets them again, while
+        // no other entry can ever use them.
+        self.pidfile_entries
+            .retain(|&id, _| self.bindings.get(id).is_some());
+        let mut live = HashSet::with_capacity(by_spec.len());
+        let mut named = HashSet::with_capacity(by_spec.len() * 2);
+        for (spec, id) in &by_spec {
+            let entry = self
+                .pidfile_entries
+                .get(id)
+                .copied()
+                .unwrap_or_else(|| EntryKey::of_spec(spec));
+            live.insert(entry);
+            for pid in std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid)) {
+                named.insert((entry, pid));
+            }
+        }
+        self.pins.sync(&live, &named);
+        drop((live, named));
         drop(by_spec);
         self.bindings.shrink_to_fit();
         self.pins.shrink_to_fit();
@@ -605,7 +716,8 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// The process a source names: a configured pid, or the running
-    /// process whose pid a pidfile holds.
+    /// process whose pid a pidfile holds (never tetherd or a kernel
+    /// thread).
     fn source(&mut self, source: &PidSource) -> Result<ProcSpec, String> {
         let path = match source {
             PidSource::Pid(spec) => return Ok(*spec),
@@ -615,7 +727,13 @@ impl<B: Backend> Daemon<B> {
         // A pidfile left by a service that is gone names nothing, or worse,
         // an unrelated process; refuse a dead pid rather than act on it.
         match self.watcher.open(pid) {
-            Ok(_) => Ok(ProcSpec::unpinned(pid)),
+            Ok((_, identity)) => match special_process(pid, Some(identity.start)) {
+                Ok(()) => Ok(ProcSpec::unpinned(pid)),
+                Err(what) => Err(format!(
+                    "{}: names pid {pid}, which {what}; refusing it",
+                    path.display()
+                )),
+            },
             Err(OpenError::Gone) => Err(format!(
                 "{}: names pid {pid}, which is not running",
                 path.display()
@@ -644,7 +762,7 @@ impl<B: Backend> Daemon<B> {
                 Ok(spec) => {
                     let origin = Origin::Socket { uid: binding.uid };
                     let id = binding.id;
-                    if self.add_with_id(Rc::new(spec), origin, id).is_none() {
+                    if self.add_with_id(Rc::new(spec), origin, id, None).is_none() {
                         self.state_dirty.mark(Dirty::Lazy);
                     }
                 }
@@ -738,17 +856,26 @@ impl<B: Backend> Daemon<B> {
     /// Opens, proves and registers every process of `spec`, and acts at
     /// once when the parent is already gone. Returns `None` (after logging
     /// why) when the binding cannot be held at all.
-    fn add(&mut self, spec: Rc<BindingSpec>, origin: Origin) -> Option<BindingId> {
+    fn add(
+        &mut self,
+        spec: Rc<BindingSpec>,
+        origin: Origin,
+        entry: Option<EntryKey>,
+    ) -> Option<BindingId> {
         let id = self.next_id;
         self.next_id += 1;
-        self.add_with_id(spec, origin, id)
+        self.add_with_id(spec, origin, id, entry)
     }
 
+    /// Like [`Daemon::add`]; `entry` is the configuration entry whose pins
+    /// an unpinned pid is checked against (`None`: socket bindings, whose
+    /// specs are pinned).
     fn add_with_id(
         &mut self,
         spec: Rc<BindingSpec>,
         origin: Origin,
         public_id: u64,
+        entry: Option<EntryKey>,
     ) -> Option<BindingId> {
         let label = bindings::label(&spec, origin, public_id);
         if spec.children.len() > MAX_CHILDREN {
@@ -758,7 +885,21 @@ impl<B: Backend> Daemon<B> {
             );
             return None;
         }
-        let parent = match self.open_member(&spec.parent, origin) {
+        // Whether the entry knew a process before this load: by a pin in
+        // the configuration or one it recorded. A child first seen now,
+        // while its parent's pin turns out stale, was never bound to that
+        // parent: it is never signalled for it (the new launcher of a job
+        // may have the old launcher's pid, its captive is not the old one's).
+        let known = |daemon: &mut Self, p: &ProcSpec| match entry {
+            Some(entry) if p.start.is_none() && p.inode.is_none() => {
+                daemon.pins.adopt_legacy(entry, p.pid);
+                daemon.pins.get(entry, p.pid).is_some()
+            }
+            _ => true,
+        };
+        let parent_known = known(self, &spec.parent);
+        let opened = self.open_member(&spec.parent, origin, entry);
+        let parent = match refuse_special(opened, origin, false) {
             Ok(Proven::Live(member, _)) => Some(member),
             Ok(Proven::Gone(why)) => {
                 info!(
@@ -775,9 +916,19 @@ impl<B: Backend> Daemon<B> {
                 return None;
             }
         };
+        let stale_parent = parent.is_none() && parent_known;
         let mut children = Vec::with_capacity(spec.children.len());
         for child in &spec.children {
-            match self.open_member(child, origin) {
+            let child_known = known(self, child);
+            let opened = self.open_member(child, origin, entry);
+            match refuse_special(opened, origin, true) {
+                Ok(Proven::Live(_, _)) if stale_parent && !child_known => {
+                    warn!(
+                        "{label}: child {} dropped, it will never be signalled: first seen after the pin of parent {} turned out stale, so it was never bound to that parent",
+                        child.pid, spec.parent.pid
+                    );
+                    children.push(None);
+                }
                 Ok(Proven::Live(member, _)) => children.push(Some(member)),
                 Ok(Proven::Gone(why)) => {
                     warn!(
@@ -1190,24 +1341,59 @@ impl<B: Backend> Daemon<B> {
 
     /// Opens the process of `spec` and proves it is the bound one: its
     /// identity, read after the handle was opened, must match the pin of the
-    /// config, or the pin recorded when the daemon first saw the pid. A pid
-    /// seen for the first time is pinned now.
+    /// config, or the pin `entry` recorded when it first saw the pid. A pid
+    /// the entry sees for the first time is pinned now.
     fn open_member(
         &mut self,
         spec: &ProcSpec,
         origin: Origin,
+        entry: Option<EntryKey>,
     ) -> Result<Proven<B::Handle>, String> {
         let opened = self.watcher.open(spec.pid);
         let pin_source = match origin {
             Origin::Config => "the configured pin",
             Origin::Socket { .. } => "the pin taken at bind time",
         };
-        self.prove(spec, opened, pin_source)
+        let Some(entry) = entry.filter(|_| spec.start.is_none() && spec.inode.is_none()) else {
+            return self.prove(spec, opened, pin_source);
+        };
+        let (handle, identity) = match opened {
+            Ok(opened) => opened,
+            Err(OpenError::Gone) => return Ok(Proven::Gone("no such process".into())),
+            Err(err @ OpenError::Failed(_)) => return Err(err.to_string()),
+        };
+        let mismatch = match self.pins.get(entry, spec.pid) {
+            Some(Pin::ThisBoot(pin)) => pin_mismatch(
+                Some(pin.start),
+                pin.inode,
+                identity,
+                "the pin recorded when tetherd first saw it",
+            ),
+            Some(Pin::EarlierBoot { boot_id, .. }) => Some(format!(
+                "pid {} was pinned in an earlier boot ({boot_id}), so the process now at that pid is another one",
+                spec.pid
+            )),
+            None => {
+                debug!("pid {} pinned at first sight ({identity})", spec.pid);
+                self.pins.record(entry, spec.pid, identity);
+                None
+            }
+        };
+        Ok(match mismatch {
+            Some(why) => Proven::Gone(why),
+            None => Proven::Live(
+                Member {
+                    pid: spec.pid,
+                    handle,
+                },
+                identity,
+            ),
+        })
     }
 
-    /// Checks an opened process against the pins of `spec` (see
-    /// [`Daemon::open_member`]); `pin_source` names where explicit pins
-    /// came from, for the log.
+    /// Checks an opened process against the explicit pins of `spec` (a
+    /// spec without pins is taken as it is); `pin_source` names where the
+    /// pins came from, for the log.
     fn prove(
         &mut self,
         spec: &ProcSpec,
@@ -1225,23 +1411,7 @@ impl<B: Backend> Daemon<B> {
                 self.watcher.name()
             ));
         }
-        let mismatch = if spec.start.is_some() || spec.inode.is_some() {
-            pin_mismatch(spec.start, spec.inode, identity, pin_source)
-        } else {
-            match self.pins.get(spec.pid) {
-                Some(Pin::ThisBoot(pin)) => pin_mismatch(Some(pin.start), pin.inode, identity, "the pin recorded when tetherd first saw it"),
-                Some(Pin::EarlierBoot { boot_id, .. }) => Some(format!(
-                    "pid {} was pinned in an earlier boot ({boot_id}), so the process now at that pid is another one",
-                    spec.pid
-                )),
-                None => {
-                    debug!("pid {} pinned at first sight ({identity})", spec.pid);
-                    self.pins.record(spec.pid, identity);
-                    None
-                }
-            }
-        };
-        match mismatch {
+        match pin_mismatch(spec.start, spec.inode, identity, pin_source) {
             Some(why) => Ok(Proven::Gone(why)),
             None => Ok(Proven::Live(
                 Member {
@@ -1692,4 +1862,40 @@ fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
         grace: parse_duration(&saved.grace)?,
         kill: parse_kill(&saved.kill)?,
     })
+}
+
+/// Refuses a configured process proven live that is tetherd itself, or
+/// with `kthreads` (children, which are signalled; a parent is only
+/// watched, and the check costs a read of `/proc`) a kernel thread.
+fn refuse_special<H>(
+    proven: Result<Proven<H>, String>,
+    origin: Origin,
+    kthreads: bool,
+) -> Result<Proven<H>, String> {
+    if let (Ok(Proven::Live(member, identity)), Origin::Config) = (&proven, origin) {
+        special_process(member.pid, kthreads.then_some(identity.start))
+            .map_err(|what| format!("pid {} {what}; refusing it", member.pid))?;
+    }
+    proven
+}
+
+/// Why a configured process (a pid, or a pidfile's) must never be bound:
+/// tetherd itself, or, if its start time is given, a kernel thread
+/// (kthreadd, pid 2 of the initial namespace, and its workers). Pid 1 is
+/// no `Pid`.
+fn special_process(pid: Pid, start: Option<u64>) -> Result<(), String> {
+    if u32::try_from(pid.get()).is_ok_and(|pid| pid == std::process::id()) {
+        return Err("is tetherd itself".into());
+    }
+    let Some(start) = start else {
+        return Ok(());
+    };
+    match watch::is_kernel_thread(pid.get(), start) {
+        Ok(Some(false)) => Ok(()),
+        Ok(Some(true)) => Err("is a kernel thread".into()),
+        Ok(None) => Err("exited while it was checked".into()),
+        Err(err) => Err(format!(
+            "cannot be checked for being a kernel thread ({err})"
+        )),
+    }
 }

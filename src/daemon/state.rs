@@ -30,7 +30,7 @@
 //! writable by others only for a daemon that is not root. A directory
 //! that fails this is neither read nor written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Pid;
+use crate::config::{BindingSpec, Pid, PidSource, PidfileBindingSpec, ProcSpec};
 use crate::watch::Identity;
 
 /// The version written in the file; a different one is refused.
@@ -62,15 +62,98 @@ pub enum Pin {
     },
 }
 
-/// Pins of configured pids, by pid.
+/// The configuration entry a pin belongs to: a stable hash (FNV-1a, the
+/// same in every build, since it is stored in the pins file) of what the
+/// entry says about its processes: its name, and for the parent and each
+/// child the pid with its pins, or the pidfile's path. Signal, grace and
+/// kill mode are left out: changing them does not change who is bound.
 ///
-/// Kept compact (24 bytes a pin, boot ids of earlier boots interned),
-/// since there are two for every unpinned configured binding.
+/// Pins are kept per entry and pid, so an entry never inherits a pin that
+/// another entry took of the same pid number: a new job whose launcher
+/// got the old launcher's pid is pinned afresh, not found "gone".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryKey(u64);
+
+impl EntryKey {
+    /// Records of a pins file written before pins had entries: each is
+    /// taken over by the first entry that looks its pid up, at the first
+    /// load, and the rest are then dropped.
+    const LEGACY: EntryKey = EntryKey(0);
+
+    /// The key of a `[[binding]]` naming pids only.
+    pub fn of_spec(spec: &BindingSpec) -> EntryKey {
+        let mut h = EntryHasher::new(spec.name.as_deref());
+        h.proc(&spec.parent);
+        for child in &spec.children {
+            h.proc(child);
+        }
+        h.finish()
+    }
+
+    /// The key of a `[[binding]]` naming a pidfile.
+    pub fn of_pidfile(spec: &PidfileBindingSpec) -> EntryKey {
+        let mut h = EntryHasher::new(spec.name.as_deref());
+        for source in std::iter::once(&spec.parent).chain(&spec.children) {
+            match source {
+                PidSource::Pid(proc) => h.proc(proc),
+                PidSource::Pidfile(path) => {
+                    h.bytes(b"f");
+                    h.bytes(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()));
+                }
+            }
+        }
+        h.finish()
+    }
+}
+
+/// FNV-1a over length-prefixed fields.
+struct EntryHasher(u64);
+
+impl EntryHasher {
+    fn new(name: Option<&str>) -> Self {
+        let mut h = EntryHasher(0xcbf2_9ce4_8422_2325);
+        h.bytes(name.map_or(b"-".as_slice(), |n| n.as_bytes()));
+        h
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        for b in len.to_le_bytes().iter().chain(bytes) {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn proc(&mut self, proc: &ProcSpec) {
+        self.bytes(b"p");
+        self.bytes(&proc.pid.get().to_le_bytes());
+        self.bytes(&proc.start.map_or(u64::MAX, |s| s).to_le_bytes());
+        self.bytes(&proc.inode.map_or(0, |i| i).to_le_bytes());
+    }
+
+    fn finish(self) -> EntryKey {
+        // 0 is kept for legacy records.
+        EntryKey(self.0.max(1))
+    }
+}
+
+/// At least this many pins of entries that left the configuration are
+/// kept (more while the configuration itself has more pins), so an entry
+/// that returns (after a reload that read a file being rewritten, say)
+/// gets its pins back; the oldest retired go first.
+pub const MIN_RETIRED_PINS: usize = 4096;
+
+/// Pins of configured processes, by configuration entry and pid.
+///
+/// Kept compact (24 bytes a pin and 16 of key, boot ids of earlier boots
+/// interned), since there are two for every unpinned configured binding.
 #[derive(Debug, Default)]
 pub struct Pins {
-    map: HashMap<Pid, PackedPin>,
+    map: HashMap<(EntryKey, Pid), PackedPin>,
     /// Boot ids of earlier boots; `PackedPin::boot` is 1 + an index here.
     earlier_boots: Vec<Box<str>>,
+    /// The last retirement round; `PackedPin::retired` counts these.
+    round: u32,
     dirty: bool,
 }
 
@@ -81,12 +164,14 @@ struct PackedPin {
     inode: u64,
     /// 0 for this boot, else 1 + index into `earlier_boots`.
     boot: u32,
+    /// 0 while its entry is configured, else the round it left in.
+    retired: u32,
 }
 
 impl Pins {
-    /// The pin of `pid`, if one was recorded.
-    pub fn get(&self, pid: Pid) -> Option<Pin> {
-        let packed = self.map.get(&pid)?;
+    /// The pin that `entry` recorded for `pid`, if any.
+    pub fn get(&self, entry: EntryKey, pid: Pid) -> Option<Pin> {
+        let packed = self.map.get(&(entry, pid))?;
         let identity = Identity {
             start: packed.start,
             inode: (packed.inode != 0).then_some(packed.inode),
@@ -104,23 +189,43 @@ impl Pins {
         })
     }
 
-    /// Records the identity first seen at `pid`.
-    pub fn record(&mut self, pid: Pid, identity: Identity) {
-        self.insert(pid, identity, 0);
+    /// Gives `entry` the pin of `pid` from a pins file that did not record
+    /// entries, if it has none of its own.
+    pub fn adopt_legacy(&mut self, entry: EntryKey, pid: Pid) {
+        if self.map.contains_key(&(entry, pid)) {
+            return;
+        }
+        if let Some(&legacy) = self.map.get(&(EntryKey::LEGACY, pid)) {
+            self.map.insert((entry, pid), legacy);
+            self.dirty = true;
+        }
+    }
+
+    /// Records the identity `entry` first saw at `pid`.
+    pub fn record(&mut self, entry: EntryKey, pid: Pid, identity: Identity) {
+        self.insert(entry, pid, identity, 0, 0);
         self.dirty = true;
     }
 
-    fn insert(&mut self, pid: Pid, identity: Identity, boot: u32) {
+    fn insert(&mut self, entry: EntryKey, pid: Pid, identity: Identity, boot: u32, retired: u32) {
         let packed = PackedPin {
             start: identity.start,
             inode: identity.inode.unwrap_or(0),
             boot,
+            retired,
         };
-        self.map.insert(pid, packed);
+        self.map.insert((entry, pid), packed);
     }
 
     /// Records a pin read from the state file, taken in `boot_id`.
-    fn insert_earlier(&mut self, pid: Pid, identity: Identity, boot_id: String) {
+    fn insert_earlier(
+        &mut self,
+        entry: EntryKey,
+        pid: Pid,
+        identity: Identity,
+        boot_id: String,
+        retired: u32,
+    ) {
         let idx = match self.earlier_boots.iter().position(|b| **b == *boot_id) {
             Some(idx) => idx,
             None => {
@@ -129,7 +234,56 @@ impl Pins {
             }
         };
         let boot = u32::try_from(idx + 1).unwrap_or(u32::MAX);
-        self.insert(pid, identity, boot);
+        self.insert(entry, pid, identity, boot, retired);
+    }
+
+    /// Brings the pins in line with the configuration after a load: an
+    /// entry still configured keeps the pins of the pids it names now
+    /// (`named`) and drops the rest; the pins of an entry that left are
+    /// retired, not forgotten, and the oldest retired go once there are
+    /// more than [`MIN_RETIRED_PINS`] (or than live pins). Legacy records
+    /// not taken over by now are dropped.
+    pub fn sync(&mut self, live: &HashSet<EntryKey>, named: &HashSet<(EntryKey, Pid)>) {
+        let before = self.map.len();
+        let round = self.round.saturating_add(1);
+        let mut changed = false;
+        self.map.retain(|key, pin| {
+            if key.0 == EntryKey::LEGACY {
+                return false;
+            }
+            if live.contains(&key.0) {
+                if pin.retired != 0 {
+                    pin.retired = 0;
+                    changed = true;
+                }
+                return named.contains(key);
+            }
+            if pin.retired == 0 {
+                pin.retired = round;
+                changed = true;
+            }
+            true
+        });
+        if changed {
+            self.round = round;
+        }
+        let n_retired = self.map.values().filter(|p| p.retired != 0).count();
+        let limit = MIN_RETIRED_PINS.max(self.map.len() - n_retired);
+        if n_retired > limit {
+            let mut retired: Vec<(u32, (EntryKey, Pid))> = self
+                .map
+                .iter()
+                .filter(|(_, p)| p.retired != 0)
+                .map(|(key, p)| (p.retired, *key))
+                .collect();
+            retired.sort_unstable();
+            for (_, key) in retired.iter().take(n_retired - limit) {
+                self.map.remove(key);
+            }
+        }
+        if changed || self.map.len() != before {
+            self.dirty = true;
+        }
     }
 
     /// Gives back spare capacity after a large load.
@@ -142,8 +296,8 @@ impl Pins {
     fn records<'a>(
         &'a self,
         this_boot: &'a str,
-    ) -> impl Iterator<Item = (Pid, Identity, &'a str)> + 'a {
-        self.map.iter().map(move |(pid, packed)| {
+    ) -> impl Iterator<Item = (EntryKey, Pid, Identity, &'a str, u32)> + 'a {
+        self.map.iter().map(move |((entry, pid), packed)| {
             let boot = match packed.boot {
                 0 => this_boot,
                 n => self
@@ -155,22 +309,18 @@ impl Pins {
                 start: packed.start,
                 inode: (packed.inode != 0).then_some(packed.inode),
             };
-            (*pid, identity, boot)
+            (*entry, *pid, identity, boot, packed.retired)
         })
-    }
-
-    /// Forgets every pin whose pid `keep` does not accept.
-    pub fn retain(&mut self, mut keep: impl FnMut(Pid) -> bool) {
-        let before = self.map.len();
-        self.map.retain(|pid, _| keep(*pid));
-        if self.map.len() != before {
-            self.dirty = true;
-        }
     }
 
     /// How many pins are recorded.
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// How many pins belong to entries that left the configuration.
+    pub fn n_retired(&self) -> usize {
+        self.map.values().filter(|p| p.retired != 0).count()
     }
 
     /// Whether no pin is recorded.
@@ -269,11 +419,18 @@ pub struct Loaded {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PinRecord {
+    /// The entry that took the pin ([`EntryKey`]); missing in files written
+    /// before pins had entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entry: Option<u64>,
     pid: i32,
     start: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     inode: Option<u64>,
     boot_id: String,
+    /// The retirement round, for a pin of an entry no longer configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retired: Option<u32>,
 }
 
 impl StateFile {
@@ -354,10 +511,13 @@ impl StateFile {
                 start: record.start,
                 inode: record.inode,
             };
+            let entry = EntryKey(record.entry.unwrap_or(EntryKey::LEGACY.0));
+            let retired = record.retired.unwrap_or(0);
+            pins.round = pins.round.max(retired);
             if record.boot_id == self.boot_id {
-                pins.insert(pid, identity, 0);
+                pins.insert(entry, pid, identity, 0, retired);
             } else {
-                pins.insert_earlier(pid, identity, record.boot_id);
+                pins.insert_earlier(entry, pid, identity, record.boot_id, retired);
             }
         }
         Ok(pins)
@@ -384,14 +544,16 @@ impl StateFile {
     pub fn save_pins(&self, pins: &mut Pins) -> io::Result<()> {
         let mut records: Vec<PinRecord> = pins
             .records(&self.boot_id)
-            .map(|(pid, identity, boot_id)| PinRecord {
+            .map(|(entry, pid, identity, boot_id, retired)| PinRecord {
+                entry: Some(entry.0),
                 pid: pid.get(),
                 start: identity.start,
                 inode: identity.inode,
                 boot_id: boot_id.to_owned(),
+                retired: (retired != 0).then_some(retired),
             })
             .collect();
-        records.sort_by_key(|r| r.pid);
+        records.sort_by_key(|r| (r.pid, r.entry));
         let on_disk = PinsOnDisk {
             version: STATE_VERSION,
             pins: records,
@@ -703,7 +865,9 @@ mod tests {
         let path = dir.path().join("sub/state.json");
         let file = StateFile::new(path.clone(), "boot-a".into());
         let mut pins = Pins::default();
+        let entry = EntryKey(42);
         pins.record(
+            entry,
             pid(100),
             Identity {
                 start: 5,
@@ -736,7 +900,7 @@ mod tests {
         let same_boot = file.load();
         assert!(same_boot.warning.is_none());
         assert_eq!(
-            same_boot.pins.get(pid(100)),
+            same_boot.pins.get(entry, pid(100)),
             Some(Pin::ThisBoot(Identity {
                 start: 5,
                 inode: Some(9)
@@ -747,8 +911,100 @@ mod tests {
 
         let other_boot = StateFile::new(path, "boot-b".into()).load();
         assert!(
-            matches!(other_boot.pins.get(pid(100)), Some(Pin::EarlierBoot { boot_id, .. }) if &*boot_id == "boot-a")
+            matches!(other_boot.pins.get(entry, pid(100)), Some(Pin::EarlierBoot { boot_id, .. }) if &*boot_id == "boot-a")
         );
+    }
+
+    #[test]
+    fn pins_belong_to_their_entry_and_outlive_it_retired() {
+        let (a, b) = (EntryKey(7), EntryKey(8));
+        let one = Identity {
+            start: 1,
+            inode: None,
+        };
+        let mut pins = Pins::default();
+        pins.record(a, pid(100), one);
+        pins.record(a, pid(101), one);
+        // Another entry naming the same pid has no pin of its own.
+        assert_eq!(pins.get(b, pid(100)), None);
+        // `a` now names 100 only: 101 goes.
+        let named = |keys: &[(EntryKey, i64)]| keys.iter().map(|(e, p)| (*e, pid(*p))).collect();
+        pins.sync(&[a].into(), &named(&[(a, 100)]));
+        assert_eq!(pins.get(a, pid(101)), None);
+        // `a` leaves: its pin is retired, not forgotten, and comes back.
+        pins.sync(&HashSet::new(), &HashSet::new());
+        assert_eq!(pins.n_retired(), 1);
+        assert_eq!(pins.get(a, pid(100)), Some(Pin::ThisBoot(one)));
+        pins.sync(&[a].into(), &named(&[(a, 100)]));
+        assert_eq!(pins.n_retired(), 0);
+        // Retired pins are bounded, oldest first.
+        for n in 0..MIN_RETIRED_PINS + 10 {
+            let e = EntryKey(1000 + n as u64);
+            pins.record(e, pid(100), one);
+            pins.sync(&[e].into(), &named(&[(e, 100)]));
+        }
+        pins.sync(&HashSet::new(), &HashSet::new());
+        assert_eq!(pins.len(), MIN_RETIRED_PINS);
+    }
+
+    /// Entry keys are stored in the pins file: they must not change from
+    /// one build to the next, and must tell entries apart.
+    #[test]
+    fn entry_keys_are_stable_and_cover_name_and_sources() {
+        let spec = |name: Option<&str>, child: i64, start: Option<u64>| BindingSpec {
+            name: name.map(String::from),
+            parent: ProcSpec::unpinned(pid(10)),
+            children: vec![ProcSpec {
+                pid: pid(child),
+                start,
+                inode: None,
+            }],
+            signal: crate::config::Signal::TERM,
+            grace: crate::config::Grace::default(),
+            kill: crate::config::KillMode::default(),
+        };
+        let key = EntryKey::of_spec(&spec(Some("job"), 11, None));
+        assert_eq!(key, EntryKey(0xf040_e1c0_b55c_132a));
+        let mut other = spec(Some("job"), 11, None);
+        other.grace = crate::config::Grace::Never;
+        assert_eq!(EntryKey::of_spec(&other), key, "grace is not part of it");
+        for different in [
+            spec(None, 11, None),
+            spec(Some("job2"), 11, None),
+            spec(Some("job"), 12, None),
+            spec(Some("job"), 11, Some(5)),
+        ] {
+            assert_ne!(EntryKey::of_spec(&different), key, "{different:?}");
+        }
+        let pidfile = PidfileBindingSpec {
+            name: Some("job".into()),
+            parent: PidSource::Pid(ProcSpec::unpinned(pid(10))),
+            children: vec![PidSource::Pidfile("/run/a.pid".into())],
+            signal: crate::config::Signal::TERM,
+            grace: crate::config::Grace::default(),
+            kill: crate::config::KillMode::default(),
+        };
+        let mut moved = pidfile.clone();
+        moved.children = vec![PidSource::Pidfile("/run/b.pid".into())];
+        assert_ne!(EntryKey::of_pidfile(&pidfile), EntryKey::of_pidfile(&moved));
+    }
+
+    #[test]
+    fn legacy_pins_are_adopted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(
+            path.with_extension("pins.json"),
+            br#"{"version":1,"pins":[{"pid":100,"start":5,"boot_id":"b"}]}"#,
+        )
+        .unwrap();
+        let mut pins = StateFile::new(path, "b".into()).load().pins;
+        let entry = EntryKey(9);
+        assert_eq!(pins.get(entry, pid(100)), None);
+        pins.adopt_legacy(entry, pid(100));
+        assert!(pins.get(entry, pid(100)).is_some());
+        pins.sync(&[entry].into(), &[(entry, pid(100))].into());
+        assert_eq!(pins.len(), 1);
     }
 
     #[test]

@@ -76,6 +76,27 @@ pub fn release_free_memory() {
     }
 }
 
+/// Opens the directory `name`, relative to `dir` if given, as a handle for
+/// walking a path one component at a time: never through a symlink
+/// (`O_NOFOLLOW`; `O_DIRECTORY`, so a symlink or a file there fails), and
+/// on Linux with `O_PATH`, which needs no read permission on it.
+pub fn open_dir_nofollow(
+    dir: Option<std::os::fd::BorrowedFd<'_>>,
+    name: &std::path::Path,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let access = OFlag::O_PATH;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let access = OFlag::O_RDONLY;
+    let flags = access | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mode = nix::sys::stat::Mode::empty();
+    Ok(match dir {
+        Some(dir) => nix::fcntl::openat(dir, name, flags, mode)?,
+        None => nix::fcntl::open(name, flags, mode)?,
+    })
+}
+
 /// Credentials of the peer of a connected Unix socket, from the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerCred {

@@ -200,6 +200,23 @@ pub fn start_time(pid: i32) -> io::Result<Option<u64>> {
     }
 }
 
+/// Whether the process at `pid`, if its start time is still `start`, is a
+/// kernel thread, which nothing may bind (Linux: `PF_KTHREAD` in the flags
+/// of `/proc/PID/stat`; kthreadd and every kernel worker). `None`: no
+/// process with that start time is at `pid` any more. Elsewhere `false`:
+/// kernel processes there have pids below 2 or cannot be opened.
+pub fn is_kernel_thread(pid: i32, start: u64) -> io::Result<Option<bool>> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        Ok(procfs::kernel_thread(pid)?.and_then(|(kthread, at)| (at == start).then_some(kthread)))
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (pid, start);
+        Ok(Some(false))
+    }
+}
+
 /// What pins a process: facts about it that a process reusing its pid
 /// cannot share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -176,6 +176,45 @@ pub fn pidfd_exited(fd: &OwnedFd) -> bool {
     }
 }
 
+/// `PF_KTHREAD` in the flags of `/proc/PID/stat` (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether `pid` is a kernel thread, with its start time (to tell it is
+/// the process the caller opened); `None` if there is no such process.
+/// Read as bytes and parsed after the last `)`, whatever its name holds.
+pub fn kernel_thread(pid: i32) -> io::Result<Option<(bool, u64)>> {
+    let bytes = match fs::read(format!("/proc/{pid}/stat")) {
+        Ok(bytes) => bytes,
+        Err(err)
+            if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            return Ok(None)
+        }
+        Err(err) => return Err(err),
+    };
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat: cannot parse it"),
+        )
+    };
+    let close = bytes.iter().rposition(|&b| b == b')').ok_or_else(bad)?;
+    let rest = bytes.get(close + 1..).ok_or_else(bad)?;
+    let mut fields = rest
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            std::str::from_utf8(f)
+                .ok()
+                .and_then(|f| f.parse::<u64>().ok())
+        });
+    // After `)`: field 3 (state) is index 0, so field 9 (flags) is index 6
+    // and field 22 (start time) index 19.
+    let flags = fields.nth(6).flatten().ok_or_else(bad)?;
+    let start = fields.nth(12).flatten().ok_or_else(bad)?;
+    Ok(Some((flags & PF_KTHREAD != 0, start)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +250,18 @@ mod tests {
         let owner = owner(me).expect("status").expect("alive");
         assert_eq!(owner.uids[0], nix::unistd::getuid().as_raw());
         assert_eq!(stat(i32::MAX).expect("no error"), None);
+    }
+
+    #[test]
+    fn kthreadd_is_a_kernel_thread_and_we_are_not() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let (kthread, start) = kernel_thread(me).unwrap().unwrap();
+        assert!(!kthread);
+        assert_eq!(Some(start), stat(me).unwrap().map(|s| s.start));
+        // Pid 2 is kthreadd in the initial pid namespace only.
+        if let Ok(Some((kthread, _))) = kernel_thread(2) {
+            let comm = fs::read_to_string("/proc/2/comm").unwrap_or_default();
+            assert_eq!(kthread, comm.trim() == "kthreadd", "{comm}");
+        }
     }
 }
