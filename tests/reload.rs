@@ -185,3 +185,28 @@ fn an_empty_config_is_refused_while_bindings_are_held() {
     daemon.reload("# no bindings\n");
     daemon.wait_log("configuration applied: 0 added, 1 removed");
 }
+
+#[test]
+fn a_fifo_at_the_config_path_neither_blocks_a_reload_nor_sigterm() {
+    let (parent, child) = (Proc::sleeper(), Proc::sleeper());
+    let mut daemon = TestDaemon::start(&binding(parent.pid(), child.pid(), ""));
+    std::fs::remove_file(&daemon.config).unwrap();
+    nix::unistd::mkfifo(
+        &daemon.config,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    daemon.wait_log("not a regular file");
+    // Still serving, with the old configuration in force.
+    let (code, out, err) = daemon.ctl(&["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bindings:     1"), "{out}");
+    let start = Instant::now();
+    daemon.stop();
+    assert!(start.elapsed() < TIMEOUT);
+}

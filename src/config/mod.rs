@@ -23,9 +23,9 @@ pub use name::{
 };
 pub use validate::{parse_duration, parse_kill, parse_poll_interval, parse_signal};
 
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Whether the file must be safe to trust as root (owned by root, writable
@@ -97,16 +97,37 @@ impl Stamp {
     }
 }
 
+/// The largest configuration file read (about 500,000 bindings).
+const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Reads the whole file at `path` and tells whether it stayed the same
 /// while it was read (see [`Snapshot`]); parses nothing.
 pub fn read(path: &Path, trust: Trust) -> Result<Snapshot, ConfigErrors> {
     let whole_file = |message: String| ConfigErrors::whole_file(path, message);
-    let mut file = File::open(path).map_err(|err| whole_file(format!("cannot read: {err}")))?;
+    // Opened without blocking (a FIFO planted or left at the path would
+    // hold the event loop, and with it SIGTERM, until someone wrote to it)
+    // and read only if it is a regular file of a sane size.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|err| whole_file(format!("cannot read: {err}")))?;
     // The metadata of the open file, not of the path: what is checked is
     // what is read, even if the path is replaced in between.
     let before = file
         .metadata()
         .map_err(|err| whole_file(format!("cannot read: {err}")))?;
+    if !before.is_file() {
+        return Err(whole_file(
+            "cannot read: not a regular file (a FIFO, device or directory is never read)".into(),
+        ));
+    }
+    if before.size() > MAX_CONFIG_BYTES {
+        return Err(whole_file(format!(
+            "cannot read: {} bytes is more than the {MAX_CONFIG_BYTES} a configuration may have",
+            before.size()
+        )));
+    }
     if trust == Trust::RequireRootOwned {
         check_owner(before.uid(), before.gid(), before.mode()).map_err(whole_file)?;
     }
