@@ -1,0 +1,396 @@
+//! Acting: a member's exit, the parent's death (the binding's signal to
+//! every child, then its scope), escalation to SIGKILL when the grace
+//! period is over, and the end of a binding. Every signal a user's binding
+//! sends is checked against that user first (`deliver`).
+
+use super::*;
+
+impl<B: Backend> Daemon<B> {
+    /// Handles the exit of the member a token names.
+    pub(super) fn member_event(&mut self, token: Token) {
+        let Some((id, member)) = self.bindings.resolve(token) else {
+            debug!("event for {token:?}, which names no binding any more");
+            return;
+        };
+        let Some(binding) = self.bindings.get_mut(id) else {
+            return;
+        };
+        match member {
+            MemberRef::Parent => {
+                let Some(parent) = &binding.parent else {
+                    return;
+                };
+                if !self.watcher.has_exited(&parent.handle) {
+                    debug!(
+                        "{}: spurious wakeup for parent {}",
+                        binding.label(),
+                        parent.pid
+                    );
+                    return;
+                }
+                self.fire(id);
+            }
+            MemberRef::Child(idx) => {
+                let label = binding.label();
+                let Some(slot) = binding.children.get_mut(idx) else {
+                    return;
+                };
+                let Some(child) = slot else {
+                    return;
+                };
+                if !self.watcher.has_exited(&child.handle) {
+                    debug!("{label}: spurious wakeup for child {}", child.pid);
+                    return;
+                }
+                let pid = child.pid;
+                if let Some(child) = slot.take() {
+                    let _ = self.watcher.deregister(self.poll.registry(), &child.handle);
+                }
+                let remaining = binding.n_live_children();
+                let phase = binding.phase;
+                let group = binding.spec.kill == KillMode::Group;
+                match phase {
+                    Phase::Armed => {
+                        // A captive that daemonized (forked and let its
+                        // first process exit) escapes a process binding:
+                        // say so where an administrator looks.
+                        info!(
+                            "{label}: child {pid} exited before the parent; {remaining} bound children left"
+                        )
+                    }
+                    Phase::Signalled { .. } | Phase::Killed => info!("{label}: child {pid} exited"),
+                    Phase::Done => {}
+                }
+                if remaining > 0 {
+                    return;
+                }
+                // A group is the captive: it stays covered while a member
+                // held since the binding was made (or found now, proven by
+                // such a member) lives.
+                if phase == Phase::Armed && group {
+                    self.collect(id);
+                    if self.has_live_extras(id) {
+                        if let Some(binding) = self.bindings.get(id) {
+                            let n = binding.scope.as_ref().map_or(0, |s| {
+                                s.extras
+                                    .iter()
+                                    .filter(|m| !self.watcher.has_exited(&m.handle))
+                                    .count()
+                            });
+                            info!(
+                                "{label}: its process group lives on in {n} processes, which stay bound to the parent"
+                            );
+                        }
+                        return;
+                    }
+                }
+                let escalation_pending = matches!(phase, Phase::Signalled { deadline: Some(_) });
+                if !(escalation_pending && self.has_live_extras(id)) {
+                    self.finish(id);
+                }
+            }
+        }
+    }
+
+    /// The parent is gone: signal every child still running and arm the
+    /// escalation deadline.
+    pub(super) fn fire(&mut self, id: BindingId) {
+        let admin = nix::unistd::geteuid().as_raw();
+        // Group and tree: the snapshot is taken before the first signal,
+        // while the tree is whole (a child killed first would orphan its
+        // descendants, which could then no longer be found from it).
+        let has_scope = self.bindings.get(id).is_some_and(|b| b.scope.is_some());
+        let snapshot = has_scope.then(|| {
+            // Members held since bind time (groups) are signalled too.
+            if self
+                .bindings
+                .get(id)
+                .is_some_and(|b| b.spec.kill == KillMode::Group)
+            {
+                self.collect(id);
+                0
+            } else {
+                self.collect(id)
+            }
+        });
+        let Some(binding) = self.bindings.get_mut(id) else {
+            return;
+        };
+        let sig = binding.spec.signal;
+        let deputy_for = binding.deputy_for(admin);
+        // Signal first; bookkeeping and logging wait until every child has
+        // had its signal, so they add nothing to the delay.
+        let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(binding.children.len());
+        for (idx, slot) in binding.children.iter().enumerate() {
+            let Some(child) = slot else {
+                continue;
+            };
+            outcomes.push((idx, Self::deliver(&self.watcher, deputy_for, child, sig)));
+        }
+        if let Some(parent) = binding.parent.take() {
+            let _ = self
+                .watcher
+                .deregister(self.poll.registry(), &parent.handle);
+        }
+        let label = binding.label();
+        let parent_pid = binding.spec.parent.pid;
+        for (idx, outcome) in outcomes {
+            let Some(slot) = binding.children.get_mut(idx) else {
+                continue;
+            };
+            let Some(pid) = slot.as_ref().map(|c| c.pid) else {
+                continue;
+            };
+            match outcome {
+                // A child that has already exited (a zombie, say) needs
+                // nothing; its own exit event may be queued behind this one.
+                Outcome::Exited => {
+                    debug!("{label}: child {pid} had already exited");
+                    release(&mut self.watcher, &self.poll, slot);
+                }
+                Outcome::Sent => {
+                    info!("{label}: parent {parent_pid} exited; sent {sig} to child {pid}")
+                }
+                Outcome::Gone => {
+                    info!("{label}: child {pid} already gone, not signalled");
+                    release(&mut self.watcher, &self.poll, slot);
+                }
+                Outcome::Refused(why) => {
+                    warn!(
+                        "{label}: parent {parent_pid} exited; child {pid} not signalled: {why}, and uid {} may not signal it",
+                        deputy_for.unwrap_or(0)
+                    );
+                    release(&mut self.watcher, &self.poll, slot);
+                }
+                Outcome::Failed(err) => error!("{label}: cannot send {sig} to child {pid}: {err}"),
+            }
+        }
+        // Group and tree: then the rest of the snapshot.
+        if let Some(from) = snapshot {
+            self.signal_extras(id, from, sig);
+        }
+        let Some(binding) = self.bindings.get_mut(id) else {
+            return;
+        };
+        let escalates = matches!(binding.spec.grace, Grace::After(_));
+        if binding.n_live_children() == 0 && !(escalates && binding.scope.is_some()) {
+            self.finish(id);
+            return;
+        }
+        match binding.spec.grace {
+            Grace::After(grace) => {
+                let deadline = Instant::now() + grace;
+                binding.phase = Phase::Signalled {
+                    deadline: Some(deadline),
+                };
+                self.timers.push(Reverse((deadline, id)));
+            }
+            Grace::Never => {
+                info!("{label}: grace is \"never\"; SIGKILL will not follow");
+                binding.phase = Phase::Signalled { deadline: None };
+            }
+        }
+    }
+
+    /// Sends SIGKILL to the children of every binding whose grace is over.
+    pub(super) fn run_due_timers(&mut self) {
+        let admin = nix::unistd::geteuid().as_raw();
+        let now = Instant::now();
+        while let Some(Reverse((deadline, id))) = self.timers.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(binding) = self.bindings.get_mut(id) else {
+                continue;
+            };
+            if binding.phase
+                != (Phase::Signalled {
+                    deadline: Some(deadline),
+                })
+            {
+                continue;
+            }
+            // Group and tree: everything, including what was forked during
+            // the grace period, gets SIGKILL.
+            if binding.scope.is_some() {
+                info!(
+                    "{}: grace {} over; SIGKILL to everything the binding covers",
+                    binding.label(),
+                    binding.spec.grace
+                );
+                self.collect(id);
+                self.signal_extras(id, 0, Signal::KILL);
+            }
+            let Some(binding) = self.bindings.get_mut(id) else {
+                continue;
+            };
+            let label = binding.label();
+            let grace = binding.spec.grace;
+            let deputy_for = binding.deputy_for(admin);
+            for slot in binding.children.iter_mut() {
+                let Some(child) = slot else {
+                    continue;
+                };
+                // Never SIGKILL a child whose exit is already known: it is
+                // dead, and only its parent's reaping is pending.
+                match Self::deliver(&self.watcher, deputy_for, child, Signal::KILL) {
+                    Outcome::Exited => {}
+                    Outcome::Sent => info!(
+                        "{label}: grace {grace} over; sent SIGKILL to child {}",
+                        child.pid
+                    ),
+                    Outcome::Gone => {
+                        release(&mut self.watcher, &self.poll, slot);
+                    }
+                    Outcome::Refused(why) => {
+                        warn!(
+                            "{label}: grace {grace} over; child {} not killed: {why}, and uid {} may not signal it",
+                            child.pid,
+                            deputy_for.unwrap_or(0)
+                        );
+                        release(&mut self.watcher, &self.poll, slot);
+                    }
+                    Outcome::Failed(err) => {
+                        error!("{label}: cannot send SIGKILL to child {}: {err}", child.pid)
+                    }
+                }
+            }
+            binding.phase = Phase::Killed;
+            if binding.n_live_children() == 0 {
+                self.finish(id);
+            }
+        }
+    }
+
+    /// Marks a binding done and closes whatever it still holds. A config
+    /// binding's record stays, so a reload sees it as unchanged and does
+    /// not act on it again; a socket binding is forgotten.
+    pub(super) fn finish(&mut self, id: BindingId) {
+        let Some(binding) = self.bindings.get_mut(id) else {
+            return;
+        };
+        if matches!(binding.origin, Origin::Socket { .. }) {
+            debug!("{}: done", binding.label());
+            if let Some(binding) = self.bindings.remove(id) {
+                self.close(binding);
+            }
+            return;
+        }
+        if let Some(parent) = binding.parent.take() {
+            let _ = self
+                .watcher
+                .deregister(self.poll.registry(), &parent.handle);
+        }
+        for slot in binding.children.iter_mut() {
+            release(&mut self.watcher, &self.poll, slot);
+        }
+        if let Some(scope) = binding.scope.as_mut() {
+            scope.extras = Vec::new();
+        }
+        debug!("{}: done", binding.label());
+        binding.phase = Phase::Done;
+        binding.children = Vec::new();
+        let charged = std::mem::take(&mut binding.charged);
+        let uid = Self::budget_uid(binding.origin);
+        self.budget.release(uid, charged);
+    }
+
+    /// Drops a binding entirely, cancelling any pending escalation.
+    pub(super) fn remove(&mut self, id: BindingId, why: &str) {
+        let Some(binding) = self.bindings.remove(id) else {
+            return;
+        };
+        let label = binding.label();
+        let phase = binding.phase;
+        self.close(binding);
+        match phase {
+            Phase::Signalled { deadline: Some(_) } => {
+                info!("{label}: removed ({why}); its pending SIGKILL is cancelled")
+            }
+            _ => info!("{label}: removed ({why})"),
+        }
+    }
+
+    /// Releases everything a binding removed from the slab holds.
+    pub(super) fn close(&mut self, mut binding: Binding<B::Handle>) {
+        if let Some(parent) = binding.parent.take() {
+            let _ = self
+                .watcher
+                .deregister(self.poll.registry(), &parent.handle);
+        }
+        for slot in binding.children.iter_mut() {
+            release(&mut self.watcher, &self.poll, slot);
+        }
+        let uid = Self::budget_uid(binding.origin);
+        self.budget.release(uid, binding.charged);
+        if self
+            .ids
+            .get(&binding.id)
+            .is_some_and(|&bid| self.bindings.get(bid).is_none())
+        {
+            self.ids.remove(&binding.id);
+        }
+        // A socket binding that is done or removed need not be on disk at
+        // once: if the daemon dies first, it is restored and found done
+        // again. An unbind, which is acknowledged, asks for durability.
+        if matches!(binding.origin, Origin::Socket { .. }) {
+            self.state_dirty.mark(Dirty::Lazy);
+        }
+    }
+
+    /// Signals one member of a binding, through its handle, if the
+    /// binding may have it signalled: a binding made by a user other than
+    /// root signals only processes that user could signal itself, proven
+    /// after the handle is held and just before the signal (a process can
+    /// change owner by a set-id exec, or be adopted into a subreaper's
+    /// tree or a shared session's group). Never blocks.
+    pub(super) fn deliver(
+        watcher: &B,
+        deputy_for: Option<u32>,
+        member: &Member<B::Handle>,
+        sig: Signal,
+    ) -> Outcome {
+        if watcher.has_exited(&member.handle) {
+            return Outcome::Exited;
+        }
+        if let Some(uid) = deputy_for {
+            match watcher.owner(member.pid, &member.handle) {
+                Ok(Some(owner)) if owner.plainly_owned_by(uid) => {}
+                Ok(Some(owner)) => return Outcome::Refused(owner.refusal(uid)),
+                Ok(None) => return Outcome::Exited,
+                Err(err) => return Outcome::Refused(format!("its owner cannot be read ({err})")),
+            }
+        }
+        match watcher.signal(&member.handle, sig) {
+            Ok(Delivery::Sent) => Outcome::Sent,
+            Ok(Delivery::Gone) => Outcome::Gone,
+            Err(err) => Outcome::Failed(err),
+        }
+    }
+}
+
+/// What became of one signal a binding meant to send.
+pub(super) enum Outcome {
+    /// The process had exited already (a zombie): nothing was sent.
+    Exited,
+    /// The kernel accepted the signal.
+    Sent,
+    /// The process was reaped: nothing was signalled.
+    Gone,
+    /// Not sent: the binding's owner may not signal the process (why).
+    Refused(String),
+    /// The kernel refused it.
+    Failed(io::Error),
+}
+
+/// Deregisters and closes the member in `slot`, if any.
+pub(super) fn release<B: Backend>(
+    watcher: &mut B,
+    poll: &Poll,
+    slot: &mut Option<Member<B::Handle>>,
+) {
+    if let Some(member) = slot.take() {
+        let _ = watcher.deregister(poll.registry(), &member.handle);
+    }
+}

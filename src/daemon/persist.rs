@@ -1,0 +1,170 @@
+//! Persistence: what the state and pins files keep of the running daemon
+//! (socket bindings, pinned at bind time; pins of configured pids), when it
+//! is written (once per loop iteration, before any bind is acknowledged),
+//! and how it is restored and re-verified at start. The file formats are in
+//! `state`.
+
+use super::*;
+
+impl<B: Backend> Daemon<B> {
+    /// Restores the socket bindings of the state file. Their processes are
+    /// pinned, so a parent that exited while the daemon was down is found
+    /// gone (and the binding acts at once), and a child whose pid now
+    /// belongs to another process is dropped unsignalled.
+    pub(super) fn restore(&mut self, saved: Vec<SavedBinding>) {
+        let n_saved = saved.len();
+        for binding in saved {
+            self.next_id = self.next_id.max(binding.id.saturating_add(1));
+            if binding.boot_id != self.state.boot_id() {
+                info!(
+                    "socket binding #{} (uid {}) dropped: made in an earlier boot, its processes are gone",
+                    binding.id, binding.uid
+                );
+                self.state_dirty.mark(Dirty::Lazy);
+                continue;
+            }
+            match saved_spec(&binding) {
+                Ok(spec) => {
+                    let origin = Origin::Socket { uid: binding.uid };
+                    let id = binding.id;
+                    if self.add_with_id(Rc::new(spec), origin, id, None).is_none() {
+                        self.state_dirty.mark(Dirty::Lazy);
+                    }
+                }
+                Err(why) => {
+                    warn!(
+                        "socket binding #{} in the state file dropped: {why}",
+                        binding.id
+                    );
+                    self.state_dirty.mark(Dirty::Lazy);
+                }
+            }
+        }
+        if n_saved > 0 {
+            info!(
+                "restored {n_saved} socket bindings from {}",
+                self.state.path().display()
+            );
+        }
+    }
+
+    /// Writes the pins and the state file if anything in them changed.
+    /// A lazy change alone (a socket binding that is done) waits for the
+    /// next durable write or for the daemon's exit: writing it costs time
+    /// in the loop, and a stale entry is harmless, since at restore its
+    /// processes are found gone or not the pinned ones.
+    pub(super) fn save_state(&mut self) -> Result<(), String> {
+        self.save_state_if(Dirty::Durable)
+    }
+
+    pub(super) fn save_state_if(&mut self, at_least: Dirty) -> Result<(), String> {
+        if self.pins.is_dirty() {
+            self.state.save_pins(&mut self.pins).map_err(|err| {
+                format!(
+                    "cannot write the pins file {}: {err}",
+                    self.state.pins_path().display()
+                )
+            })?;
+        }
+        if self.state_dirty == Dirty::Clean || self.state_dirty < at_least {
+            return Ok(());
+        }
+        let saved = self.saved_bindings();
+        let durable = self.state_dirty == Dirty::Durable;
+        match self.state.save_bindings(saved, self.next_id, durable) {
+            Ok(()) => {
+                self.state_dirty = Dirty::Clean;
+                Ok(())
+            }
+            Err(err) => Err(format!(
+                "cannot write the state file {}: {err}",
+                self.state.path().display()
+            )),
+        }
+    }
+
+    /// The socket bindings as the state file keeps them.
+    pub(super) fn saved_bindings(&self) -> Vec<SavedBinding> {
+        let boot_id = self.state.boot_id().to_owned();
+        self.bindings
+            .iter()
+            .filter_map(|(_, binding)| {
+                let Origin::Socket { uid } = binding.origin else {
+                    return None;
+                };
+                if binding.phase == Phase::Done {
+                    return None;
+                }
+                let spec = &binding.spec;
+                let children = spec
+                    .children
+                    .iter()
+                    .zip(&binding.children)
+                    .filter(|(_, live)| live.is_some())
+                    .map(|(child, _)| saved_proc(child))
+                    .collect();
+                Some(SavedBinding {
+                    id: binding.id,
+                    uid,
+                    name: spec.name.clone(),
+                    boot_id: boot_id.clone(),
+                    parent: saved_proc(&spec.parent),
+                    children,
+                    signal: spec.signal.to_string(),
+                    grace: spec.grace.to_string(),
+                    kill: spec.kill.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A saved process as a pinned spec.
+pub(super) fn saved_proc(spec: &ProcSpec) -> SavedProc {
+    SavedProc {
+        pid: spec.pid.get(),
+        start: spec.start.unwrap_or_default(),
+        inode: spec.inode,
+    }
+}
+
+/// Rebuilds the spec of a socket binding from the state file.
+pub(super) fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
+    let proc = |p: &SavedProc| -> Result<ProcSpec, String> {
+        Ok(ProcSpec {
+            pid: Pid::try_from(i64::from(p.pid))?,
+            start: Some(p.start),
+            inode: p.inode,
+        })
+    };
+    // A state file written by an older tetherd, or by hand, may hold a
+    // name today's rule refuses: the binding is dropped with the reason.
+    if let Some(name) = &saved.name {
+        config::check_name(name)?;
+    }
+    Ok(BindingSpec {
+        name: saved.name.clone(),
+        parent: proc(&saved.parent)?,
+        children: saved.children.iter().map(proc).collect::<Result<_, _>>()?,
+        signal: parse_signal(&saved.signal)?,
+        grace: parse_duration(&saved.grace)?,
+        kill: parse_kill(&saved.kill)?,
+    })
+}
+
+/// How urgently the state file must be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Dirty {
+    /// Nothing changed.
+    Clean,
+    /// Write it, without fsync.
+    Lazy,
+    /// Write and fsync it before any answer goes out.
+    Durable,
+}
+
+impl Dirty {
+    pub(super) fn mark(&mut self, level: Dirty) {
+        *self = (*self).max(level);
+    }
+}
