@@ -49,7 +49,7 @@ fn send_fds(stream: &UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::i
 }
 
 fn own_pidfd() -> OwnedFd {
-    tether::sys::process_descriptor(std::process::id() as i32)
+    tether::process_descriptor(std::process::id() as i32)
         .unwrap()
         .expect("pidfds (Linux 5.3+)")
 }

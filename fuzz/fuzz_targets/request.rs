@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|bytes: &[u8]| {
-    if let Err(err) = tether::protocol::Request::parse(bytes) {
+    if let Err(err) = tether::Request::parse(bytes) {
         assert!(!err.contains('\n'), "multi-line refusal {err:?}");
         assert!(!err.is_empty(), "an empty refusal");
     }

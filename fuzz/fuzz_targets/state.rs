@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::daemon::StateFile;
+use tether::StateFile;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(dir) = tempfile::tempdir() else { return };

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use tether::config::{parse_duration, parse_kill, parse_signal};
-use tether::protocol::{BindRequest, BindingInfo, Op, ProcRef, Request, Response, VERSION};
+use tether::{parse_duration, parse_kill, parse_signal};
+use tether::{BindRequest, BindingInfo, Op, ProcRef, Request, Response, VERSION};
 
 /// Exit codes, documented in `--help` and tetherctl(1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +226,7 @@ fn check_socket_dir(socket: &Path, me: u32) -> Result<(), DirProblem> {
 /// that answers "ok" and leaves the command untethered.
 fn check_peer(stream: &UnixStream, socket: &Path) -> Result<(), (Exit, String)> {
     let me = nix::unistd::geteuid().as_raw();
-    let peer = tether::sys::peer_credentials(stream).map_err(|err| {
+    let peer = tether::peer_credentials(stream).map_err(|err| {
         (
             Exit::NoDaemon,
             format!(
@@ -263,7 +263,7 @@ fn connect(target: &Target) -> Result<(UnixStream, PathBuf), (Exit, String)> {
     let (stream, socket) = match target {
         Target::Explicit(socket) => open(socket, &[])?,
         Target::Default => {
-            let own = tether::paths::default_socket();
+            let own = tether::default_socket();
             let me = nix::unistd::geteuid().as_raw();
             match choose_default(&own, &system_socket(), me, |p| UnixStream::connect(p)) {
                 Choice::Own(stream) => (stream, own),
@@ -356,9 +356,7 @@ fn check_kill(s: &str) -> Result<String, String> {
 /// default socket is used with a warning. A missing or unreadable default
 /// file is no error; a missing `--config` file is.
 fn configured_socket(config: Option<&PathBuf>) -> Result<Option<PathBuf>, (Exit, String)> {
-    let path = config
-        .cloned()
-        .unwrap_or_else(tether::paths::default_config);
+    let path = config.cloned().unwrap_or_else(tether::default_config);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         // The default file is the daemon's, not the caller's: one the
@@ -454,10 +452,7 @@ fn main() -> ExitCode {
         Err((exit, message)) => {
             // The daemon's words may quote what a client sent: nothing in
             // them reaches the terminal as a control or hidden character.
-            let shown: Vec<String> = message
-                .lines()
-                .map(tether::protocol::escape_controls)
-                .collect();
+            let shown: Vec<String> = message.lines().map(tether::escape_controls).collect();
             eprintln!("tetherctl: {}", shown.join("\n"));
             exit.into()
         }
@@ -479,7 +474,7 @@ fn request(target: &Target, op: Op, fds: &[BorrowedFd<'_>]) -> Result<Response, 
     if fds.is_empty() {
         (&stream).write_all(&line).map_err(io_err)?;
     } else {
-        let sent = tether::sys::send_with_fds(&stream, &line, fds).map_err(io_err)?;
+        let sent = tether::send_with_fds(&stream, &line, fds).map_err(io_err)?;
         if let Some(rest) = line.get(sent..) {
             (&stream).write_all(rest).map_err(io_err)?;
         }
@@ -583,7 +578,7 @@ fn table(bindings: &[BindingInfo]) -> String {
             b.id.to_string(),
             b.name
                 .as_deref()
-                .map_or_else(|| "-".into(), tether::config::escape_name),
+                .map_or_else(|| "-".into(), tether::escape_name),
             b.origin.clone(),
             b.uid.to_string(),
             b.parent.to_string(),
@@ -703,18 +698,17 @@ fn exec(
     // them: the daemon then pins both race-free. Elsewhere (macOS, the
     // BSDs, Linux before 5.3 or under seccomp) each is named by its start
     // time, read now, while the parent is proven ours by getppid() below.
-    let parent_fd =
-        tether::sys::process_descriptor(ppid).map_err(|err| match err.raw_os_error() {
-            Some(libc::ESRCH) | Some(libc::EINVAL) => gone("is already gone"),
-            _ => (
-                Exit::Refused,
-                format!("cannot open the parent {ppid}: {err}"),
-            ),
-        })?;
+    let parent_fd = tether::process_descriptor(ppid).map_err(|err| match err.raw_os_error() {
+        Some(libc::ESRCH) | Some(libc::EINVAL) => gone("is already gone"),
+        _ => (
+            Exit::Refused,
+            format!("cannot open the parent {ppid}: {err}"),
+        ),
+    })?;
     let parent_start = match (&parent_fd, parent.and_then(|p| p.start)) {
         (_, Some(start)) => Some(start),
         (Some(_), None) => None,
-        (None, None) => match tether::watch::start_time(ppid) {
+        (None, None) => match tether::process_start_time(ppid) {
             Ok(Some(start)) => Some(start),
             Ok(None) => return Err(gone("is already gone")),
             Err(err) => {
@@ -729,7 +723,7 @@ fn exec(
         return Err(gone("exited before it could be watched"));
     }
     let me = nix::unistd::getpid().as_raw();
-    let self_fd = tether::sys::process_descriptor(me).map_err(|err| {
+    let self_fd = tether::process_descriptor(me).map_err(|err| {
         (
             Exit::Refused,
             format!("cannot open a pidfd on this process: {err}"),
@@ -737,7 +731,7 @@ fn exec(
     })?;
     let self_start = match &self_fd {
         Some(_) => None,
-        None => tether::watch::start_time(me).ok().flatten(),
+        None => tether::process_start_time(me).ok().flatten(),
     };
     let fds: Vec<BorrowedFd<'_>> = [&parent_fd, &self_fd]
         .into_iter()
@@ -762,7 +756,7 @@ fn exec(
             name: options
                 .name
                 .clone()
-                .or_else(|| tether::config::name_for_program(program)),
+                .or_else(|| tether::name_for_program(program)),
             ..options
         },
     );
@@ -782,7 +776,7 @@ fn exec(
                 Some(Err(err)) => return Err((Exit::Usage, err)),
                 None => nix::sys::signal::Signal::SIGTERM,
             };
-            match tether::sys::arm_parent_death_signal(sig) {
+            match tether::arm_parent_death_signal(sig) {
                 Ok(true) => eprintln!(
                     "tetherctl: {why}; falling back to the kernel's parent-death signal ({sig}); \
                      it is weaker: on Linux it fires when the launching thread exits, it is cleared by set-uid exec, \

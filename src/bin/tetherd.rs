@@ -9,8 +9,8 @@ use clap::Parser;
 
 use std::time::Duration;
 
-use tether::config::{parse_poll_interval, BackendKind, Config, PidSource, Trust};
-use tether::daemon::{ConfigSource, Options};
+use tether::{parse_poll_interval, BackendKind, Config, PidSource, Trust};
+use tether::{ConfigSource, Failure, Options};
 
 /// Exit codes, documented in `--help` and tetherd(8).
 #[derive(Debug, Clone, Copy)]
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
             trust: trust(root),
         },
         None => ConfigSource {
-            path: tether::paths::default_config(),
+            path: tether::default_config(),
             required: false,
             trust: trust(root),
         },
@@ -159,7 +159,7 @@ fn main() -> ExitCode {
         );
         return Exit::Ok.into();
     }
-    let ready_fd = match args.ready_fd.map(tether::sys::inherited_fd).transpose() {
+    let ready_fd = match args.ready_fd.map(tether::inherited_fd).transpose() {
         Ok(fd) => fd,
         Err(err) => {
             eprintln!("tetherd: --ready-fd: {err}");
@@ -174,18 +174,15 @@ fn main() -> ExitCode {
         log_from_env,
         backend: args.backend,
         poll_interval: args.poll_interval,
-        notifier: tether::notify::Notifier::new(ready_fd),
+        notifier: tether::Notifier::new(ready_fd),
     };
-    let mut daemon = match tether::daemon::start(options, config) {
-        Ok(daemon) => daemon,
-        Err(err) => {
+    match tether::run(options, config) {
+        Ok(()) => Exit::Ok.into(),
+        Err(Failure::Start(err)) => {
             log::error!("cannot start: {err}");
-            return Exit::Runtime.into();
+            Exit::Runtime.into()
         }
-    };
-    match daemon.run() {
-        Ok(_) => Exit::Ok.into(),
-        Err(err) => {
+        Err(Failure::Loop(err)) => {
             log::error!("event loop failed: {err}");
             Exit::Runtime.into()
         }
@@ -195,12 +192,12 @@ fn main() -> ExitCode {
 /// `--list-backends`: one line per backend, `NAME usable` or `NAME not
 /// usable: REASON`.
 fn list_backends(args: &Args) -> ExitCode {
-    let settings = tether::watch::Settings {
+    let settings = tether::WatchSettings {
         kind: BackendKind::Auto,
         poll_interval: args.poll_interval.unwrap_or(Duration::from_secs(1)),
     };
     let mut any = false;
-    for (kind, result) in tether::watch::probe(&settings) {
+    for (kind, result) in tether::probe_backends(&settings) {
         match result {
             Ok(()) => {
                 any = true;
@@ -222,7 +219,7 @@ fn list_backends(args: &Args) -> ExitCode {
 /// not errors: the file is valid, and may be meant for another service
 /// manager.
 fn service_warnings(config: &Config) -> Vec<String> {
-    use tether::daemon::pidfile;
+    use tether::pidfile;
     let mut warnings = Vec::new();
     for binding in &config.pidfile_bindings {
         let files = std::iter::once(&binding.parent).chain(&binding.children);

@@ -13,14 +13,12 @@ mod name;
 mod raw;
 mod validate;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::ConfigErrors;
 pub use model::{
-    BackendKind, BindingSpec, Config, DaemonSettings, Defaults, Grace, KillMode, Pid, PidSource,
+    BackendKind, BindingSpec, Config, Defaults, Grace, KillMode, Pid, PidSource,
     PidfileBindingSpec, ProcSpec, Signal,
 };
-pub use name::{
-    check_name, escape_name, is_hidden, name_for_program, quote_name, MAX_NAME_CHARS, NAME_RULE,
-};
+pub use name::{check_name, escape_name, is_hidden, name_for_program};
 pub use validate::{parse_duration, parse_kill, parse_poll_interval, parse_signal};
 
 use std::io::Read;
@@ -38,7 +36,9 @@ pub enum Trust {
     Any,
 }
 
-/// Reads, parses and validates the file at `path`.
+/// Reads, parses and validates the file at `path` once (the daemon reads
+/// until the file has settled: `daemon::ConfigSource`).
+#[cfg(test)]
 pub fn load(path: &Path, trust: Trust) -> Result<Config, ConfigErrors> {
     let snapshot = read(path, trust)?;
     if !snapshot.stable {

@@ -1834,7 +1834,7 @@ children = [{ pid = 12, strat = 3 }, "x", { start = 1 }, { pid = 13, start = -1,
                 "t.toml:2:8: binding 1: name: empty name (leave the name out or write a label)",
                 &format!(
                     r#"t.toml:6:8: binding 2: name: name "a\u{{0007}}" has U+0007 at character 2, a control character ({})"#,
-                    crate::config::NAME_RULE
+                    crate::config::name::NAME_RULE
                 ),
                 "t.toml:10:8: binding 3: name: name is 65 characters long (at most 64)",
                 "t.toml:14:8: binding 4: name: expected a string, found an integer",

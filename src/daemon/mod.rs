@@ -28,9 +28,10 @@ mod requests;
 mod scope;
 mod state;
 
-pub use bindings::{BindingId, Origin, Phase};
-pub use control::{IDLE_TIMEOUT, MAX_CONNECTIONS};
-pub use state::{write_atomically, StateFile};
+pub use state::StateFile;
+
+use bindings::{BindingId, Origin, Phase};
+use control::IDLE_TIMEOUT;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -68,6 +69,39 @@ const BACKEND_TOKEN: Token = Token(RESERVED_TOKENS + 2);
 const WAKER_TOKEN: Token = Token(RESERVED_TOKENS + 3);
 /// Connection `i` has token `CONN_TOKENS + i`.
 const CONN_TOKENS: usize = RESERVED_TOKENS + 4;
+
+/// Everything the loop reacts to, from the token that announced it. The
+/// set is closed: a new source of events is a new variant, handled in
+/// `Daemon::run`'s one `match`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// SIGHUP, SIGTERM or SIGINT arrived.
+    Signal,
+    /// A client is connecting.
+    Listener,
+    /// The watch backend's own source is ready (its exits were collected
+    /// into member tokens already).
+    Backend,
+    /// The closer drained a lane the loop waits on.
+    Closer,
+    /// Connection `i` is readable or writable, or has input left.
+    Conn(usize),
+    /// A binding member (its token) exited.
+    Member(Token),
+}
+
+impl Event {
+    fn of(token: Token) -> Event {
+        match token {
+            SIGNAL_TOKEN => Event::Signal,
+            LISTENER_TOKEN => Event::Listener,
+            BACKEND_TOKEN => Event::Backend,
+            WAKER_TOKEN => Event::Closer,
+            Token(n) if n >= CONN_TOKENS => Event::Conn(n - CONN_TOKENS),
+            token => Event::Member(token),
+        }
+    }
+}
 
 /// Descriptors kept aside for the daemon's own use (logs, state file,
 /// epoll, the signal pipe, later the control socket) when estimating how
@@ -168,55 +202,38 @@ pub struct Options {
     pub notifier: crate::notify::Notifier,
 }
 
-/// A daemon whose watch backend has been chosen; what `tetherd` runs.
-pub trait Service: std::fmt::Debug {
-    /// Runs until SIGTERM or SIGINT.
-    fn run(&mut self) -> io::Result<Stop>;
-    /// The number of bindings held.
-    fn n_bindings(&self) -> usize;
-    /// The backend's name.
-    fn backend(&self) -> &'static str;
-}
-
-impl<B: Backend> Service for Daemon<B> {
-    fn run(&mut self) -> io::Result<Stop> {
-        Daemon::run(self)
-    }
-
-    fn n_bindings(&self) -> usize {
-        Daemon::n_bindings(self)
-    }
-
-    fn backend(&self) -> &'static str {
-        self.watcher.name()
-    }
+/// Why [`run`] failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The daemon could not start: no usable backend, the socket in use,
+    /// no descriptors.
+    Start(io::Error),
+    /// The event loop itself failed (`epoll_wait`).
+    Loop(io::Error),
 }
 
 /// Chooses the watch backend (`--backend`, else `[daemon] backend`; with
-/// `auto` the best one this host allows) and sets up the daemon on it.
-pub fn start(options: Options, config: Config) -> io::Result<Box<dyn Service>> {
+/// `auto` the best one this host allows), sets up the daemon on it and
+/// runs it until SIGTERM or SIGINT.
+pub fn run(options: Options, config: Config) -> Result<(), Failure> {
     let settings = watch::Settings {
         kind: options.backend.unwrap_or(config.daemon.backend),
         poll_interval: options.poll_interval.unwrap_or(config.daemon.poll_interval),
     };
-    struct Starter {
+    struct Runner {
         options: Options,
         config: Config,
     }
-    impl watch::Visitor for Starter {
-        type Output = io::Result<Box<dyn Service>>;
+    impl watch::Visitor for Runner {
+        type Output = Result<(), Failure>;
         fn visit<B: Backend + 'static>(self, backend: B) -> Self::Output {
-            Ok(Box::new(Daemon::new(backend, self.options, self.config)?))
+            Daemon::new(backend, self.options, self.config)
+                .map_err(Failure::Start)?
+                .run()
+                .map_err(Failure::Loop)
         }
     }
-    watch::with_backend(&settings, Starter { options, config })?
-}
-
-/// How the loop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// SIGTERM or SIGINT.
-    Signal(i32),
+    watch::with_backend(&settings, Runner { options, config }).map_err(Failure::Start)?
 }
 
 /// The running daemon.
@@ -348,13 +365,8 @@ impl<B: Backend> Daemon<B> {
         Ok(daemon)
     }
 
-    /// The number of bindings held, in any phase.
-    pub fn n_bindings(&self) -> usize {
-        self.bindings.len()
-    }
-
     /// Runs until SIGTERM or SIGINT. Children are left alone on the way out.
-    pub fn run(&mut self) -> io::Result<Stop> {
+    pub fn run(&mut self) -> io::Result<()> {
         let fds_per_binding = 2;
         info!(
             "tetherd {} ready: {} bindings ({} watched), backend {}, descriptor limit {} (about {} bindings of one child), state {}, socket {}",
@@ -386,30 +398,27 @@ impl<B: Backend> Daemon<B> {
                 self.watcher.collect(&mut tokens);
             }
             for &token in &tokens {
-                if token == BACKEND_TOKEN {
-                    continue;
-                } else if token == SIGNAL_TOKEN {
-                    if let Some(stop) = self.handle_signals() {
-                        self.commit();
-                        if let Err(err) = self.save_state_if(Dirty::Lazy) {
-                            error!("{err}");
+                match Event::of(token) {
+                    Event::Backend => {}
+                    Event::Signal => {
+                        if let Some(stop) = self.handle_signals() {
+                            self.commit();
+                            if let Err(err) = self.save_state_if(Dirty::Lazy) {
+                                error!("{err}");
+                            }
+                            self.options.notifier.stopping();
+                            info!(
+                                "stopping on {}; {} bindings left unwatched, children untouched",
+                                signal_name(stop),
+                                self.bindings.len()
+                            );
+                            return Ok(());
                         }
-                        self.options.notifier.stopping();
-                        info!(
-                            "stopping on {}; {} bindings left unwatched, children untouched",
-                            signal_name(stop),
-                            self.bindings.len()
-                        );
-                        return Ok(Stop::Signal(stop));
                     }
-                } else if token == LISTENER_TOKEN {
-                    self.accept();
-                } else if token == WAKER_TOKEN {
-                    self.closer_event();
-                } else if token.0 >= CONN_TOKENS {
-                    self.conn_event(token.0 - CONN_TOKENS);
-                } else {
-                    self.member_event(token);
+                    Event::Listener => self.accept(),
+                    Event::Closer => self.closer_event(),
+                    Event::Conn(idx) => self.conn_event(idx),
+                    Event::Member(token) => self.member_event(token),
                 }
             }
             self.run_due_timers();
