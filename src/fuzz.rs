@@ -154,7 +154,7 @@ proptest! {
 }
 
 fn check_config(text: &str) {
-    if let Err(errors) = config::parse(text, Path::new("t.toml")) {
+    if let Err(errors) = config::parse(text, Path::new("t.toml"), &crate::vocab::BackendKind::ALL) {
         assert!(!errors.0.is_empty(), "an Err with no error for {text:?}");
         for err in &errors.0 {
             let line = err.to_string();

@@ -7,7 +7,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    if let Err(errors) = tether::parse_config(text, Path::new("t.toml")) {
+    if let Err(errors) = tether::parse_config(text, Path::new("t.toml"), &tether::BackendKind::ALL) {
         assert!(!errors.0.is_empty(), "an Err with no error");
         for err in &errors.0 {
             let line = err.to_string();

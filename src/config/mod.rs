@@ -47,7 +47,7 @@ pub fn load(path: &Path, trust: Trust) -> Result<Config, ConfigErrors> {
             "the file changed while it was read (being written?)".into(),
         ));
     }
-    parse(&snapshot.text, path)
+    parse(&snapshot.text, path, &BackendKind::ALL)
 }
 
 /// What a read of the file saw: its text, and whether it stayed the same
@@ -167,10 +167,12 @@ fn check_owner(uid: u32, gid: u32, mode: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses and validates `text`; `path` is used only in error messages.
-pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+/// Parses and validates `text`; `path` is used only in error messages,
+/// `backends` are those this build can run (`[daemon] backend` must be one
+/// of them, or `auto`).
+pub fn parse(text: &str, path: &Path, backends: &[BackendKind]) -> Result<Config, ConfigErrors> {
     let raw = raw::RawConfig::parse(text).map_err(|err| validate::syntax_error(err, text, path))?;
-    validate::validate(&raw, text, path)
+    validate::validate(&raw, text, path, backends)
 }
 
 #[cfg(test)]
@@ -259,8 +261,8 @@ mod tests {
             })
             .map(|line| format!("{line}\n"))
             .collect();
-        let config =
-            parse(&uncommented, path).map_err(|errors| format!("{errors}\n\n{uncommented}"))?;
+        let config = parse(&uncommented, path, &BackendKind::ALL)
+            .map_err(|errors| format!("{errors}\n\n{uncommented}"))?;
         assert!(config.bindings.len() >= 2, "{uncommented}");
         // The documented defaults are the built-in ones.
         assert_eq!(config.daemon.log, log::LevelFilter::Info);

@@ -178,10 +178,14 @@ pub(super) fn syntax_error(err: SyntaxError, text: &str, path: &Path) -> ConfigE
 
 /// Validates a parsed file. `text` is the file's contents (for line and
 /// column numbers), `path` its name as the user gave it.
+///
+/// `backends` are those this build can run (the daemon knows them; the
+/// configuration does not ask the watch module).
 pub(super) fn validate(
     raw: &RawConfig<'_>,
     text: &str,
     path: &Path,
+    backends: &[BackendKind],
 ) -> Result<Config, ConfigErrors> {
     let mut problems = Vec::new();
     for entry in raw.unknown() {
@@ -190,7 +194,7 @@ pub(super) fn validate(
     let daemon = raw
         .daemon()
         .and_then(|entry| section(&entry, text, &mut problems))
-        .map(|table| daemon_settings(table, &mut problems))
+        .map(|table| daemon_settings(table, &mut problems, backends))
         .unwrap_or_default();
     let defaults = raw
         .defaults()
@@ -448,7 +452,11 @@ fn section<'a, 'i>(
 }
 
 /// Checks `[daemon]`.
-fn daemon_settings(table: &Table<'_>, problems: &mut Vec<Problem>) -> DaemonSettings {
+fn daemon_settings(
+    table: &Table<'_>,
+    problems: &mut Vec<Problem>,
+    backends: &[BackendKind],
+) -> DaemonSettings {
     let mut cx = Cx {
         context: "[daemon]".to_string(),
         problems,
@@ -467,7 +475,7 @@ fn daemon_settings(table: &Table<'_>, problems: &mut Vec<Problem>) -> DaemonSett
     if let Some((max, _)) = cx.field(table, "max_bindings_per_uid", max_per_uid) {
         settings.max_bindings_per_uid = max;
     }
-    if let Some((backend, _)) = cx.field(table, "backend", backend_kind) {
+    if let Some((backend, _)) = cx.field(table, "backend", |value| backend_kind(value, backends)) {
         settings.backend = backend;
     }
     if let Some((interval, _)) = cx.field(table, "poll_interval", |value| {
@@ -479,11 +487,10 @@ fn daemon_settings(table: &Table<'_>, problems: &mut Vec<Problem>) -> DaemonSett
 }
 
 /// Checks `[daemon] backend`: a name, and one this build can run.
-fn backend_kind(value: &Value<'_>) -> Result<BackendKind, String> {
+fn backend_kind(value: &Value<'_>, backends: &[BackendKind]) -> Result<BackendKind, String> {
     let kind: BackendKind = string(value)?.parse()?;
-    let available = crate::watch::available();
-    if kind != BackendKind::Auto && !available.contains(&kind) {
-        let names: Vec<String> = available.iter().map(ToString::to_string).collect();
+    if kind != BackendKind::Auto && !backends.contains(&kind) {
+        let names: Vec<String> = backends.iter().map(ToString::to_string).collect();
         return Err(format!(
             "{kind} is not a backend of this OS (this build has: auto, {})",
             names.join(", ")
@@ -1275,7 +1282,14 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::config::parse;
+
+    /// The backends of a Linux build: the tests check the same messages on
+    /// every OS.
+    const LINUX: [BackendKind; 3] = [BackendKind::Pidfd, BackendKind::Netlink, BackendKind::Poll];
+
+    fn parse(toml: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        crate::config::parse(toml, path, &LINUX)
+    }
 
     /// Parses `toml` as `t.toml` and compares its errors, one per line
     /// (none for a valid file).
@@ -1594,7 +1608,6 @@ state = "state.json"
                 r#"t.toml:3:17: [daemon]: poll_interval: "1ms" is out of range (expected a duration from 10ms to 1h)"#,
             ],
         );
-        #[cfg(target_os = "linux")]
         check(
             "[daemon]\nbackend = \"kqueue\"\n",
             &[

@@ -161,7 +161,7 @@ impl ConfigSource {
                         "the file is empty while {n_held} configured bindings are held (rewritten in place?); to drop them all, leave a comment in it"
                     )));
                 }
-                return config::parse(&snapshot.text, &self.path);
+                return config::parse(&snapshot.text, &self.path, watch::available());
             }
             let pause = CONFIG_SETTLE
                 .saturating_sub(age)
