@@ -94,21 +94,7 @@ fn monotonic_usec() -> u64 {
 fn send_datagram(address: &str, bytes: &[u8]) -> io::Result<()> {
     let socket = UnixDatagram::unbound()?;
     if let Some(name) = address.strip_prefix('@') {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-            socket.send_to_addr(bytes, &addr)?;
-            return Ok(());
-        }
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        {
-            let _ = name;
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "abstract socket addresses exist on Linux only",
-            ));
-        }
+        return crate::sys::send_to_abstract(&socket, name.as_bytes(), bytes);
     }
     socket.send_to(bytes, PathBuf::from(address))?;
     Ok(())

@@ -66,8 +66,10 @@ impl std::str::FromStr for BackendKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
+                let names: Vec<&str> = BackendKind::ALL.iter().map(|k| k.name()).collect();
                 format!(
-                    "unknown backend {s:?} (expected one of: auto, pidfd, netlink, poll, kqueue)"
+                    "unknown backend {s:?} (expected one of: {})",
+                    names.join(", ")
                 )
             })
     }

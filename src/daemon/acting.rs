@@ -68,7 +68,7 @@ impl<B: Backend> Daemon<B> {
                 // held since the binding was made (or found now, proven by
                 // such a member) lives.
                 if phase == Phase::Armed && group {
-                    self.collect(id);
+                    self.widen(id);
                     if self.has_live_extras(id) {
                         if let Some(binding) = self.bindings.get(id) {
                             let n = binding.scope.as_ref().map_or(0, |s| {
@@ -107,10 +107,10 @@ impl<B: Backend> Daemon<B> {
                 .get(id)
                 .is_some_and(|b| b.spec.kill == KillMode::Group)
             {
-                self.collect(id);
+                self.widen(id);
                 0
             } else {
-                self.collect(id)
+                self.widen(id)
             }
         });
         let Some(binding) = self.bindings.get_mut(id) else {
@@ -219,7 +219,7 @@ impl<B: Backend> Daemon<B> {
                     binding.label(),
                     binding.spec.grace
                 );
-                self.collect(id);
+                self.widen(id);
                 self.signal_extras(id, 0, Signal::KILL);
             }
             let Some(binding) = self.bindings.get_mut(id) else {

@@ -178,7 +178,7 @@ impl<B: Backend> Daemon<B> {
             // it is still covered (and its identity proven) after the
             // bound child exits.
             if binding.spec.kill == KillMode::Group {
-                self.collect(id);
+                self.widen(id);
             }
         }
         Ok(id)

@@ -65,7 +65,7 @@ impl<B: Backend> Daemon<B> {
     /// entry it was found by, and holds it (within the owner's budget).
     /// Returns the index in `extras` from which members are new (the
     /// length of `extras` if nothing could be found).
-    pub(super) fn collect(&mut self, id: BindingId) -> usize {
+    pub(super) fn widen(&mut self, id: BindingId) -> usize {
         let n_extras = |d: &Self| {
             d.bindings
                 .get(id)

@@ -359,6 +359,30 @@ pub fn inherited_fd(fd: i32) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Sends one datagram from `socket` to the abstract Unix address `name`
+/// (Linux's `@name`); an error elsewhere, where there are none.
+pub fn send_to_abstract(
+    socket: &std::os::unix::net::UnixDatagram,
+    name: &[u8],
+    bytes: &[u8],
+) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        socket.send_to_addr(bytes, &addr)?;
+        Ok(())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (socket, name, bytes);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "abstract socket addresses exist on Linux only",
+        ))
+    }
+}
+
 /// How many descriptors this process has open.
 pub fn count_open_fds() -> io::Result<u64> {
     let dir = if cfg!(any(target_os = "linux", target_os = "android")) {
