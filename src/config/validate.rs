@@ -585,7 +585,7 @@ type Pin = Option<(u64, Range<usize>)>;
 /// A process of a binding that passed its own checks, with the places the
 /// cross-binding checks point at.
 #[derive(Debug)]
-struct Member {
+struct CheckedProc {
     spec: ProcSpec,
     pid_span: Range<usize>,
     /// `parent_start`, `child_start` or `children`, and where.
@@ -600,8 +600,8 @@ struct Checked {
     /// `binding "name"` or `binding 3`.
     label: String,
     spec: BindingSpec,
-    parent: Member,
-    children: Vec<Member>,
+    parent: CheckedProc,
+    children: Vec<CheckedProc>,
 }
 
 /// Checks `[[binding]]`: every binding, in file order.
@@ -790,7 +790,7 @@ fn binding(
         return None;
     }
     let (parent_pid, pid_span) = parent?;
-    let parent = Member {
+    let parent = CheckedProc {
         spec: ProcSpec {
             pid: parent_pid,
             start: parent_start.as_ref().map(|(start, _)| *start),
@@ -829,7 +829,7 @@ fn binding_name(value: &Value<'_>, names: &HashMap<String, usize>) -> Result<Str
 }
 
 /// `child`, pinned by `child_start` and `child_inode`.
-fn single_child(cx: &mut Cx<'_>, table: &Table<'_>, start: Pin, inode: Pin) -> Option<Member> {
+fn single_child(cx: &mut Cx<'_>, table: &Table<'_>, start: Pin, inode: Pin) -> Option<CheckedProc> {
     let (pid, pid_span) = cx.field(table, "child", |value| {
         if matches!(value.get_ref(), DeValue::Array(_)) {
             return Err(
@@ -839,7 +839,7 @@ fn single_child(cx: &mut Cx<'_>, table: &Table<'_>, start: Pin, inode: Pin) -> O
         }
         pid(value)
     })?;
-    Some(Member {
+    Some(CheckedProc {
         spec: ProcSpec {
             pid,
             start: start.as_ref().map(|(start, _)| *start),
@@ -879,7 +879,7 @@ fn children(
     table: &Table<'_>,
     [start, inode]: [Pin; 2],
     missing: &str,
-) -> Vec<Member> {
+) -> Vec<CheckedProc> {
     let children = match (
         table.get_key_value("child"),
         table.get_key_value("children"),
@@ -1005,7 +1005,7 @@ fn pidfile_path(value: &Value<'_>) -> Result<String, String> {
 }
 
 /// `children`: an array of pids or `{ pid, start, inode }` tables.
-fn entries(cx: &mut Cx<'_>, value: &Value<'_>) -> Vec<Member> {
+fn entries(cx: &mut Cx<'_>, value: &Value<'_>) -> Vec<CheckedProc> {
     let items = match value.get_ref() {
         DeValue::Array(items) => items,
         DeValue::Integer(_) => {
@@ -1036,11 +1036,11 @@ fn entries(cx: &mut Cx<'_>, value: &Value<'_>) -> Vec<Member> {
 }
 
 /// One element of `children`.
-fn entry(cx: &mut Cx<'_>, item: &Value<'_>) -> Option<Member> {
+fn entry(cx: &mut Cx<'_>, item: &Value<'_>) -> Option<CheckedProc> {
     let table = match item.get_ref() {
         DeValue::Integer(_) => {
             return match pid(item) {
-                Ok(pid) => Some(Member {
+                Ok(pid) => Some(CheckedProc {
                     spec: ProcSpec::unpinned(pid),
                     pid_span: item.span(),
                     start: None,
@@ -1096,7 +1096,7 @@ fn entry(cx: &mut Cx<'_>, item: &Value<'_>) -> Option<Member> {
         }
     };
     let (pid, pid_span) = pid?;
-    Some(Member {
+    Some(CheckedProc {
         spec: ProcSpec {
             pid,
             start: start.as_ref().map(|(start, _)| *start),
@@ -1112,7 +1112,7 @@ fn entry(cx: &mut Cx<'_>, item: &Value<'_>) -> Option<Member> {
 /// entry carries its own pins.
 /// `checked` holds the values of `child_start` and `child_inode` if they are
 /// valid, to make the example in the message the user's own.
-fn pins_need_entries(cx: &mut Cx<'_>, table: &Table<'_>, children: &[Member], checked: [Pin; 2]) {
+fn pins_need_entries(cx: &mut Cx<'_>, table: &Table<'_>, children: &[CheckedProc], checked: [Pin; 2]) {
     let pid = children.first().map_or(4343, |child| child.spec.pid.get());
     let keys = [
         ("child_start", "start", 8_812_399),
