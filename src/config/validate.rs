@@ -1112,7 +1112,12 @@ fn entry(cx: &mut Cx<'_>, item: &Value<'_>) -> Option<CheckedProc> {
 /// entry carries its own pins.
 /// `checked` holds the values of `child_start` and `child_inode` if they are
 /// valid, to make the example in the message the user's own.
-fn pins_need_entries(cx: &mut Cx<'_>, table: &Table<'_>, children: &[CheckedProc], checked: [Pin; 2]) {
+fn pins_need_entries(
+    cx: &mut Cx<'_>,
+    table: &Table<'_>,
+    children: &[CheckedProc],
+    checked: [Pin; 2],
+) {
     let pid = children.first().map_or(4343, |child| child.spec.pid.get());
     let keys = [
         ("child_start", "start", 8_812_399),

@@ -26,6 +26,7 @@ pub mod pidfile;
 mod reload;
 mod requests;
 mod scope;
+mod serve;
 mod state;
 
 pub use state::StateFile;
@@ -268,7 +269,7 @@ pub struct Daemon<B: Backend> {
     /// Connections with unread input left after their read budget.
     backlog: Vec<usize>,
     /// Responses waiting for the commit at the end of the iteration.
-    replies: Vec<requests::Reply>,
+    replies: Vec<serve::Reply>,
     /// Connections held back while all answers together are over the
     /// bound; served again when it falls.
     waiting: Vec<usize>,

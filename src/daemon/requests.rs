@@ -1,5 +1,6 @@
-//! Control requests: what each one means, who may make it, and when its
-//! answer may be sent.
+//! Control requests: what each one means, who may make it, and how it is
+//! refused (a typed `RefusalCode`). When its answer may be sent, and how
+//! connections are admitted and bounded, is `serve`'s.
 //!
 //! A request is answered at the end of the loop iteration it arrived in,
 //! after the state file has been written: a `bind` is acknowledged only
@@ -8,355 +9,19 @@
 
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::time::Instant;
 
-use log::{debug, info, warn};
-use mio::Token;
+use log::{info, warn};
 
 use super::bindings::{Member, MAX_CHILDREN};
-use super::closer::CLOSE_QUEUE_PER_UID;
-use super::control::{
-    self, Conn, Framing, Incoming, IDLE_TIMEOUT, MAX_CONNECTIONS, OUTPUT_LOW_WATER,
-};
-use super::{Daemon, Origin, Phase, Proven, CONN_TOKENS};
+use super::serve::Ack;
+use super::{Daemon, Origin, Phase, Proven};
 use crate::config::{parse_duration, parse_kill, parse_signal, BindingSpec, Pid, ProcSpec};
-use crate::protocol::{
-    BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo, MAX_FDS, MAX_LINE,
-};
+use crate::protocol::{BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo};
 use crate::sys::PeerCred;
 use crate::watch::{Backend, Identity};
 
-/// Requests handled for one connection per turn before the others get
-/// theirs.
-const REQUESTS_PER_TURN: usize = 64;
-
-/// Connections one uid other than root (or the daemon's own) may hold open;
-/// at the cap, its idlest is closed to admit a new one.
-pub const MAX_CONNECTIONS_PER_UID: usize = 32;
-
-/// Answers queued over all connections above which requests of uids
-/// other than root and the daemon's own wait.
-const OUTPUT_TOTAL: usize = 16 * 1024 * 1024;
-
-/// An answer waiting for the commit.
-#[derive(Debug)]
-pub(super) struct Reply {
-    conn: usize,
-    /// The answer, encoded (its size counts against the connection's
-    /// output bound from the moment it is made).
-    line: Vec<u8>,
-    /// What this answer acknowledges, which must be on disk first.
-    durable: Ack,
-}
-
-/// What an answer acknowledges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ack {
-    /// Nothing that changes the state file.
-    Nothing,
-    /// A new binding: undone if it cannot be written.
-    Bind(u64),
-    /// A removed binding: reported if it cannot be written.
-    Unbind(u64),
-}
-
 impl<B: Backend> Daemon<B> {
-    /// Accepts every pending connection.
-    pub(super) fn accept(&mut self) {
-        loop {
-            let stream = match self.control.accept() {
-                Ok(Some(stream)) => stream,
-                Ok(None) => return,
-                Err(err) => {
-                    // EMFILE and friends: the pending connection stays in
-                    // the backlog; the next event retries.
-                    warn!("control socket: cannot accept: {err}");
-                    return;
-                }
-            };
-            let mut conn = match Conn::new(stream) {
-                Ok(conn) => conn,
-                Err(err) => {
-                    warn!("control socket: connection without peer credentials refused: {err}");
-                    continue;
-                }
-            };
-            let uid = conn.peer.uid;
-            if !Self::is_admin(&conn.peer) {
-                let n_uid = self
-                    .conns
-                    .iter()
-                    .flatten()
-                    .filter(|c| c.peer.uid == uid)
-                    .count();
-                if n_uid >= MAX_CONNECTIONS_PER_UID {
-                    self.evict_idlest(Some(uid));
-                }
-            }
-            if self.conns.iter().flatten().count() >= MAX_CONNECTIONS {
-                self.evict_idlest(None);
-            }
-            let idx = match self.conns.iter().position(Option::is_none) {
-                Some(idx) => idx,
-                None => {
-                    self.conns.push(None);
-                    self.conns.len() - 1
-                }
-            };
-            if let Err(err) = conn.register(self.poll.registry(), Token(CONN_TOKENS + idx)) {
-                warn!("control socket: cannot register a connection: {err}");
-                let socket = conn.into_socket(self.poll.registry());
-                control::close_socket(socket, uid, &self.closer);
-                continue;
-            }
-            debug!(
-                "connection {idx} from uid {} pid {}",
-                conn.peer.uid,
-                peer_pid(&conn.peer)
-            );
-            if let Some(slot) = self.conns.get_mut(idx) {
-                *slot = Some(conn);
-            }
-            // Data may have arrived before registration (edge-triggered).
-            self.conn_event(idx);
-        }
-    }
-
-    /// Closes the connection idle the longest (of `uid`, or of anyone),
-    /// to admit a new one.
-    fn evict_idlest(&mut self, uid: Option<u32>) {
-        let idlest = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(idx, c)| c.as_ref().map(|c| (idx, c)))
-            .filter(|(_, c)| uid.map_or(true, |uid| c.peer.uid == uid))
-            .min_by_key(|(_, c)| c.last_active)
-            .map(|(idx, _)| idx);
-        if let Some(idx) = idlest {
-            if let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) {
-                match uid {
-                    Some(uid) => warn!(
-                        "control socket: uid {uid} has {MAX_CONNECTIONS_PER_UID} connections open; closing its idlest (pid {}) to admit a new one",
-                        peer_pid(&conn.peer)
-                    ),
-                    None => warn!(
-                        "control socket: {MAX_CONNECTIONS} connections open; closing the idlest (uid {} pid {}) to admit a new one",
-                        conn.peer.uid,
-                        peer_pid(&conn.peer)
-                    ),
-                }
-            }
-            self.close_conn(idx);
-        }
-    }
-
-    fn close_conn(&mut self, idx: usize) {
-        if let Some(conn) = self.conns.get_mut(idx).and_then(Option::take) {
-            let uid = conn.peer.uid;
-            let socket = conn.into_socket(self.poll.registry());
-            control::close_socket(socket, uid, &self.closer);
-            debug!("connection {idx} closed");
-        }
-        self.replies.retain(|r| r.conn != idx);
-        self.waiting.retain(|&w| w != idx);
-        self.throttled.retain(|&w| w != idx);
-    }
-
-    /// Closes connections that have been silent for [`IDLE_TIMEOUT`].
-    pub(super) fn expire_idle_conns(&mut self) {
-        let now = Instant::now();
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(idx, c)| {
-                c.as_ref()
-                    .filter(|c| now >= c.last_active + IDLE_TIMEOUT)
-                    .map(|_| idx)
-            })
-            .collect();
-        for idx in idle {
-            debug!("connection {idx} idle for {IDLE_TIMEOUT:?}; closing it");
-            self.close_conn(idx);
-        }
-    }
-
-    /// The closer drained a lane the loop waited on: serve the
-    /// connections held back for it again.
-    pub(super) fn closer_event(&mut self) {
-        let throttled = std::mem::take(&mut self.throttled);
-        self.backlog.extend(throttled);
-    }
-
-    /// Answers queued or awaiting the commit, over every connection.
-    fn output_total(&self) -> usize {
-        self.conns
-            .iter()
-            .flatten()
-            .map(|c| c.output_len() + c.awaiting)
-            .sum()
-    }
-
-    /// Reads and handles what a connection sent, as far as its limits
-    /// allow; writes what it can.
-    ///
-    /// A request is handled only while the connection's answers (queued,
-    /// and awaiting the commit) are under [`OUTPUT_LOW_WATER`], all
-    /// connections' together under [`OUTPUT_TOTAL`] (root and the
-    /// daemon's own user are exempt from the second), and the uid's
-    /// descriptors waiting for the closer are few. A connection held back
-    /// is taken up again when its answers drain (a writable event, or
-    /// after the commit), when the total falls, or when the closer wakes
-    /// the loop.
-    pub(super) fn conn_event(&mut self, idx: usize) {
-        if !self.flush_conn(idx) {
-            return;
-        }
-        let mut n_handled = 0;
-        let mut total = self.output_total();
-        loop {
-            let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
-                return;
-            };
-            let peer = conn.peer;
-            let held = conn.output_len() + conn.awaiting;
-            if held >= OUTPUT_LOW_WATER {
-                // Taken up again when the answers drain.
-                break;
-            }
-            if total >= OUTPUT_TOTAL && !Self::is_admin(&peer) {
-                if !self.waiting.contains(&idx) {
-                    self.waiting.push(idx);
-                }
-                break;
-            }
-            if n_handled >= REQUESTS_PER_TURN {
-                self.backlog.push(idx);
-                break;
-            }
-            if let Some(incoming) = conn.next_line() {
-                let (response, durable) = self.handle_incoming(&peer, incoming);
-                let line = encode(&response);
-                total += line.len();
-                if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
-                    conn.awaiting += line.len();
-                }
-                self.replies.push(Reply {
-                    conn: idx,
-                    line,
-                    durable,
-                });
-                n_handled += 1;
-                continue;
-            }
-            if self.closer.pending(peer.uid) >= CLOSE_QUEUE_PER_UID && !self.closer.watch(peer.uid)
-            {
-                if !self.throttled.contains(&idx) {
-                    warn!(
-                        "control socket: uid {} pid {} passed descriptors that are slow to close; its connections wait until they are closed",
-                        peer.uid,
-                        peer_pid(&peer)
-                    );
-                    self.throttled.push(idx);
-                }
-                break;
-            }
-            let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
-                return;
-            };
-            if !conn.read_once(&self.closer) && !conn.has_line() {
-                break;
-            }
-        }
-        self.flush_conn(idx);
-    }
-
-    /// Refuses a line the framing rejected, or handles it.
-    fn handle_incoming(&mut self, peer: &PeerCred, incoming: Incoming) -> (Response, Ack) {
-        let why = match incoming.framing {
-            Framing::Ok => return self.handle_line(peer, &incoming.line, incoming.fds),
-            Framing::Incomplete => "request refused: the input ended before its newline".to_string(),
-            Framing::TooLong => format!("request refused: longer than {MAX_LINE} bytes"),
-            Framing::TooManyFds => format!(
-                "request refused: more than {MAX_FDS} descriptors came with it"
-            ),
-            Framing::NotPidfd => {
-                "request refused: a descriptor other than a pidfd came with it (only pidfds may be passed)".to_string()
-            }
-        };
-        self.refuse(peer, "request", &why);
-        (
-            Response {
-                code: Some(RefusalCode::BadRequest.as_str().into()),
-                ..Response::error(why)
-            },
-            Ack::Nothing,
-        )
-    }
-
-    /// Writes a connection's queued output; closes it when it is finished
-    /// or broken. Returns whether it is still open.
-    fn flush_conn(&mut self, idx: usize) -> bool {
-        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
-            return false;
-        };
-        let ok = conn.flush();
-        let done = conn.read_closed && !conn.has_output() && !conn.has_line() && conn.awaiting == 0;
-        if !ok || done {
-            self.close_conn(idx);
-            return false;
-        }
-        true
-    }
-
-    /// Ends an iteration: writes the state file, then sends the answers.
-    /// A bind whose binding could not be written is undone and refused.
-    pub(super) fn commit(&mut self) {
-        let saved = self.save_state();
-        if let Err(err) = &saved {
-            log::error!("{err}; unacknowledged binds are refused and the write is retried");
-        }
-        let replies = std::mem::take(&mut self.replies);
-        let mut touched = Vec::new();
-        for reply in replies {
-            let line = match (&saved, reply.durable) {
-                (Err(err), Ack::Bind(public_id)) => {
-                    if let Some(&id) = self.ids.get(&public_id) {
-                        self.remove(id, "its binding could not be written to the state file");
-                    }
-                    encode(&Response::error(format!("binding not made: {err}")))
-                }
-                (Err(err), Ack::Unbind(public_id)) => encode(&Response::error(format!(
-                    "binding {public_id} is removed, but {err}; a restart before the write succeeds would bring it back"
-                ))),
-                _ => reply.line,
-            };
-            let Some(conn) = self.conns.get_mut(reply.conn).and_then(Option::as_mut) else {
-                continue;
-            };
-            conn.awaiting = 0;
-            conn.queue(&line);
-            touched.push(reply.conn);
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        for idx in touched {
-            // Requests held back while these answers awaited the commit
-            // are taken up in the next iteration.
-            if self.flush_conn(idx) {
-                self.backlog.push(idx);
-            }
-        }
-        if !self.waiting.is_empty() && self.output_total() < OUTPUT_TOTAL {
-            let waiting = std::mem::take(&mut self.waiting);
-            self.backlog.extend(waiting);
-        }
-        self.backlog.sort_unstable();
-        self.backlog.dedup();
-    }
-
-    fn refuse(&self, peer: &PeerCred, what: &str, why: &str) {
+    pub(super) fn refuse(&self, peer: &PeerCred, what: &str, why: &str) {
         warn!(
             "refused {what} from uid {} pid {}: {why}",
             peer.uid,
@@ -366,11 +31,16 @@ impl<B: Backend> Daemon<B> {
 
     /// Whether the peer may act on every binding (root, or the daemon's
     /// own user).
-    fn is_admin(peer: &PeerCred) -> bool {
+    pub(super) fn is_admin(peer: &PeerCred) -> bool {
         peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw()
     }
 
-    fn handle_line(&mut self, peer: &PeerCred, line: &[u8], fds: Vec<OwnedFd>) -> (Response, Ack) {
+    pub(super) fn handle_line(
+        &mut self,
+        peer: &PeerCred,
+        line: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> (Response, Ack) {
         let request = match Request::parse(line) {
             Ok(request) => request,
             Err(err) => {
@@ -795,7 +465,7 @@ impl<B: Backend> Daemon<B> {
     }
 }
 
-fn peer_pid(peer: &PeerCred) -> String {
+pub(super) fn peer_pid(peer: &PeerCred) -> String {
     peer.pid.map_or_else(|| "?".into(), |pid| pid.to_string())
 }
 
@@ -805,7 +475,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// A response as one line of JSON.
-fn encode(response: &Response) -> Vec<u8> {
+pub(super) fn encode(response: &Response) -> Vec<u8> {
     serde_json::to_vec(response).unwrap_or_else(|err| {
         warn!("cannot encode a response: {err}");
         br#"{"ok":false,"error":"the daemon could not encode its answer"}"#.to_vec()
@@ -864,14 +534,14 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: RefusalCode, message: impl Into<String>) -> Refusal {
+    pub(super) fn new(code: RefusalCode, message: impl Into<String>) -> Refusal {
         Refusal {
             code,
             message: message.into(),
         }
     }
 
-    fn response(&self) -> Response {
+    pub(super) fn response(&self) -> Response {
         Response {
             code: Some(self.code.as_str().into()),
             ..Response::error(self.message.clone())
