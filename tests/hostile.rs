@@ -140,7 +140,7 @@ fn a_passed_socket_whose_close_blocks_does_not_stall_the_loop() {
     let daemon = TestDaemon::start("");
     // A loopback TCP connection whose peer never reads: with SO_LINGER
     // set and its send buffer full, the last close of `client` waits up to
-    // 120 s for the data to go.
+    // 30 s for the data to go.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
@@ -160,7 +160,7 @@ fn a_passed_socket_whose_close_blocks_does_not_stall_the_loop() {
         nix::sys::socket::sockopt::Linger,
         &libc::linger {
             l_onoff: 1,
-            l_linger: 120,
+            l_linger: 30,
         },
     )
     .unwrap();
@@ -173,7 +173,7 @@ fn a_passed_socket_whose_close_blocks_does_not_stall_the_loop() {
     assert!(answer.contains("only pidfds may be passed"), "{answer}");
     drop(stream);
     let took = root_binding_acts(&daemon, PROMPT);
-    eprintln!("root binding acted in {took:?} while a 120 s close was pending");
+    eprintln!("root binding acted in {took:?} while a 30 s close was pending");
     let (code, out, err) = daemon.ctl(&["status"]);
     assert_eq!(code, 0, "{err}");
     // The lingering socket (and perhaps the connection that brought it,

@@ -324,6 +324,9 @@ impl<B: Backend> Daemon<B> {
         }
         let uid = Self::budget_uid(binding.origin);
         self.budget.release(uid, binding.charged);
+        if let Origin::Socket { uid } = binding.origin {
+            self.budget.count_socket_binding(uid, false);
+        }
         if self
             .ids
             .get(&binding.id)

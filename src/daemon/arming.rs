@@ -6,6 +6,15 @@
 use super::*;
 
 impl<B: Backend> Daemon<B> {
+    /// The id the next binding is known by (`tetherctl list`, `unbind`),
+    /// never handed out twice, restarts included (the state file keeps the
+    /// next one).
+    pub(super) fn new_public_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
     /// Opens, proves and registers every process of `spec`, and acts at
     /// once when the parent is already gone. Returns `None` (after logging
     /// why) when the binding cannot be held at all.
@@ -15,8 +24,7 @@ impl<B: Backend> Daemon<B> {
         origin: Origin,
         entry: Option<EntryKey>,
     ) -> Option<BindingId> {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.new_public_id();
         self.add_with_id(spec, origin, id, entry)
     }
 
@@ -150,13 +158,16 @@ impl<B: Backend> Daemon<B> {
             return Err(why);
         };
         self.budget.charge(budget_uid, charged);
+        if let Origin::Socket { uid } = origin {
+            self.budget.count_socket_binding(uid, true);
+        }
         if let Err(err) = self.register_members(id) {
             let why = format!("cannot register with the event loop: {err}");
             error!("{label}: {why}; binding not held");
             self.remove(id, "registration failed");
             return Err(why);
         }
-        if matches!(origin, Origin::Socket { .. }) {
+        if let Origin::Socket { .. } = origin {
             self.ids.insert(public_id, id);
             self.state_dirty.mark(Dirty::Durable);
         }

@@ -27,6 +27,8 @@ pub const CONTROL_RESERVE: usize = 512;
 #[derive(Debug)]
 pub struct Budget {
     held: HashMap<u32, usize>,
+    /// Socket bindings, by the uid that made them (root included).
+    socket_bindings: HashMap<u32, usize>,
     /// Held by uids other than root, together.
     held_by_others: usize,
     /// Held by everyone.
@@ -42,6 +44,7 @@ impl Budget {
     pub fn new(fd_limit: u64, max_bindings_per_uid: usize) -> Budget {
         let mut budget = Budget {
             held: HashMap::new(),
+            socket_bindings: HashMap::new(),
             held_by_others: 0,
             held_total: 0,
             per_uid: 0,
@@ -117,6 +120,24 @@ impl Budget {
             self.held_by_others,
             self.total.saturating_sub(self.others)
         ))
+    }
+
+    /// How many socket bindings `uid` holds (kept here so that checking
+    /// the per-uid cap costs the same however many bindings are held).
+    pub fn socket_bindings(&self, uid: u32) -> usize {
+        self.socket_bindings.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// Counts a socket binding made by `uid` (`made`), or one that ended.
+    pub fn count_socket_binding(&mut self, uid: u32, made: bool) {
+        if made {
+            *self.socket_bindings.entry(uid).or_insert(0) += 1;
+        } else if let Some(n) = self.socket_bindings.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.socket_bindings.remove(&uid);
+            }
+        }
     }
 
     /// Counts `n` more processes held by `uid`.

@@ -7,6 +7,12 @@
 use super::*;
 
 impl<B: Backend> Daemon<B> {
+    /// Asks for the state file to be written and fsynced before the
+    /// iteration's answers go out (an unbind, which is acknowledged).
+    pub(super) fn mark_durable(&mut self) {
+        self.state_dirty.mark(Dirty::Durable);
+    }
+
     /// Restores the socket bindings of the state file. Their processes are
     /// pinned, so a parent that exited while the daemon was down is found
     /// gone (and the binding acts at once), and a child whose pid now

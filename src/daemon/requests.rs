@@ -193,11 +193,7 @@ impl<B: Backend> Daemon<B> {
             child_pids.push(pid);
         }
         let uid = peer.uid;
-        let n_mine = self
-            .bindings
-            .iter()
-            .filter(|(_, b)| b.origin == Origin::Socket { uid })
-            .count();
+        let n_mine = self.budget.socket_bindings(uid);
         if n_mine >= self.max_per_uid {
             return Err(Refusal::new(
                 RefusalCode::Limit,
@@ -263,8 +259,7 @@ impl<B: Backend> Daemon<B> {
             grace,
             kill,
         };
-        let public_id = self.next_id;
-        self.next_id += 1;
+        let public_id = self.new_public_id();
         let origin = Origin::Socket { uid };
         let label = super::bindings::label(&spec, origin, public_id);
         let n_children = child_pids.len();
@@ -393,7 +388,7 @@ impl<B: Backend> Daemon<B> {
             Origin::Config => Err(from_config()),
             Origin::Socket { uid } if uid != peer.uid && !Self::is_admin(peer) => Err(none()),
             Origin::Socket { .. } => {
-                self.state_dirty.mark(super::Dirty::Durable);
+                self.mark_durable();
                 self.remove(
                     id,
                     &format!("unbound by uid {} pid {}", peer.uid, peer_pid(peer)),
