@@ -196,7 +196,9 @@ mod tests {
             closer.close(1000, r);
             closer.close(1000, w);
         }
-        closer.watch(1000);
+        // The lane may drain before the watch is asked for: then no wake-up
+        // is owed.
+        let drained_already = closer.watch(1000);
         closer.close(1000, write);
         let deadline = Instant::now() + Duration::from_secs(10);
         while closer.pending(1000) > 0 {
@@ -205,10 +207,12 @@ mod tests {
         }
         let mut buf = [0u8; 1];
         assert_eq!(nix::unistd::read(&read, &mut buf).unwrap(), 0);
-        let mut events = mio::Events::with_capacity(4);
-        poll.poll(&mut events, Some(Duration::from_secs(10)))
-            .unwrap();
-        assert!(events.iter().any(|e| e.token() == mio::Token(7)));
+        if !drained_already {
+            let mut events = mio::Events::with_capacity(4);
+            poll.poll(&mut events, Some(Duration::from_secs(10)))
+                .unwrap();
+            assert!(events.iter().any(|e| e.token() == mio::Token(7)));
+        }
         assert_eq!(closer.pending_total(), 0);
     }
 }
