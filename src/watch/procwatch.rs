@@ -246,7 +246,7 @@ impl ProcWatcher {
     fn mark_unknown(&mut self, pid: i32, err: &io::Error) {
         if self.unknown.insert(pid) {
             warn!(
-                "{} backend: pid {pid}: cannot read /proc/{pid}: {err}; whether it exited is unknown, so it is neither signalled nor taken as exited, and it is read again {}",
+                "{} backend: pid {pid}: {err}; whether it exited is unknown, so it is neither signalled nor taken as exited, and it is read again {}",
                 self.name(),
                 match self.source {
                     Source::Netlink { .. } => "at the next event or within 250ms",
