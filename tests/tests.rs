@@ -32,7 +32,11 @@ mod readiness;
 #[cfg(target_os = "linux")]
 mod backends;
 #[cfg(target_os = "linux")]
+mod comm_names;
+#[cfg(target_os = "linux")]
 mod control;
+#[cfg(target_os = "linux")]
+mod descriptors;
 #[cfg(target_os = "linux")]
 mod exec;
 #[cfg(target_os = "linux")]
@@ -41,6 +45,8 @@ mod hostile;
 mod kill_modes;
 #[cfg(target_os = "linux")]
 mod lifecycle;
+#[cfg(target_os = "linux")]
+mod log_size;
 #[cfg(target_os = "linux")]
 mod names;
 #[cfg(target_os = "linux")]

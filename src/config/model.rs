@@ -143,15 +143,15 @@ pub struct BindingSpec {
 }
 
 impl BindingSpec {
-    /// A short label for log lines: the name, or `PARENT->CHILD[,CHILD...]`.
+    /// A short label for log lines: the name, or `PARENT->CHILD` for one
+    /// child and `PARENT->(N children)` for more. It never lists the
+    /// children: every line about one child names it, and a label that
+    /// listed them all made the log grow with the square of the children.
     pub fn label(&self) -> String {
-        match &self.name {
-            Some(name) => super::name::quote_name(name),
-            None => {
-                let children: Vec<String> =
-                    self.children.iter().map(|c| c.pid.to_string()).collect();
-                format!("{}->{}", self.parent.pid, children.join(","))
-            }
+        match (&self.name, self.children.as_slice()) {
+            (Some(name), _) => super::name::quote_name(name),
+            (None, [one]) => format!("{}->{}", self.parent.pid, one.pid),
+            (None, all) => format!("{}->({} children)", self.parent.pid, all.len()),
         }
     }
 }

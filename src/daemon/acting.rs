@@ -4,6 +4,7 @@
 //! sends is checked against that user first (`deliver`).
 
 use super::*;
+use crate::watch::IdentityUnknown;
 
 impl<B: Backend> Daemon<B> {
     /// Handles the exit of the member a token names.
@@ -134,6 +135,7 @@ impl<B: Backend> Daemon<B> {
         }
         let label = binding.label();
         let parent_pid = binding.spec.parent.pid;
+        let mut retry = Vec::new();
         for (idx, outcome) in outcomes {
             let Some(slot) = binding.children.get_mut(idx) else {
                 continue;
@@ -162,8 +164,18 @@ impl<B: Backend> Daemon<B> {
                     );
                     release(&mut self.watcher, &self.poll, slot);
                 }
+                Outcome::Failed(err) if IdentityUnknown::is(&err) => {
+                    warn!(
+                        "{label}: parent {parent_pid} exited; child {pid} {err}; trying again in {RETRY:?}"
+                    );
+                    retry.push(idx);
+                }
                 Outcome::Failed(err) => error!("{label}: cannot send {sig} to child {pid}: {err}"),
             }
+        }
+        let at = Instant::now() + RETRY;
+        for idx in retry {
+            self.retries.push(Reverse((at, id, idx, false)));
         }
         // Group and tree: then the rest of the snapshot.
         if let Some(from) = snapshot {
@@ -188,6 +200,60 @@ impl<B: Backend> Daemon<B> {
             Grace::Never => {
                 info!("{label}: grace is \"never\"; SIGKILL will not follow");
                 binding.phase = Phase::Signalled { deadline: None };
+            }
+        }
+    }
+
+    /// Sends again the signals that could not be sent because the child's
+    /// identity could not be read (the pid-based backends, out of
+    /// descriptors or memory): never to a pid not proven, and again later
+    /// while it stays unknown.
+    pub(super) fn run_due_retries(&mut self) {
+        let admin = nix::unistd::geteuid().as_raw();
+        let now = Instant::now();
+        while let Some(Reverse((at, id, idx, kill))) = self.retries.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.retries.pop();
+            let Some(binding) = self.bindings.get_mut(id) else {
+                continue;
+            };
+            if binding.phase == Phase::Done || binding.phase == Phase::Armed {
+                continue;
+            }
+            let label = binding.label();
+            let deputy_for = binding.deputy_for(admin);
+            let sig = if kill {
+                Signal::KILL
+            } else {
+                binding.spec.signal
+            };
+            let Some(slot) = binding.children.get_mut(idx) else {
+                continue;
+            };
+            let Some(child) = slot.as_ref() else {
+                continue;
+            };
+            let pid = child.pid;
+            match Self::deliver(&self.watcher, deputy_for, child, sig) {
+                Outcome::Sent => {
+                    info!("{label}: sent {sig} to child {pid} (its identity could be read again)")
+                }
+                Outcome::Exited => {}
+                Outcome::Gone => {
+                    info!("{label}: child {pid} already gone, not signalled");
+                    release(&mut self.watcher, &self.poll, slot);
+                }
+                Outcome::Refused(why) => {
+                    warn!("{label}: child {pid} not signalled: {why}");
+                    release(&mut self.watcher, &self.poll, slot);
+                }
+                Outcome::Failed(err) if IdentityUnknown::is(&err) => {
+                    debug!("{label}: child {pid} {err}; trying again in {RETRY:?}");
+                    self.retries.push(Reverse((now + RETRY, id, idx, kill)));
+                }
+                Outcome::Failed(err) => error!("{label}: cannot send {sig} to child {pid}: {err}"),
             }
         }
     }
@@ -228,7 +294,7 @@ impl<B: Backend> Daemon<B> {
             let label = binding.label();
             let grace = binding.spec.grace;
             let deputy_for = binding.deputy_for(admin);
-            for slot in binding.children.iter_mut() {
+            for (idx, slot) in binding.children.iter_mut().enumerate() {
                 let Some(child) = slot else {
                     continue;
                 };
@@ -250,6 +316,13 @@ impl<B: Backend> Daemon<B> {
                             deputy_for.unwrap_or(0)
                         );
                         release(&mut self.watcher, &self.poll, slot);
+                    }
+                    Outcome::Failed(err) if IdentityUnknown::is(&err) => {
+                        warn!(
+                            "{label}: grace {grace} over; child {} {err}; trying again in {RETRY:?}",
+                            child.pid
+                        );
+                        self.retries.push(Reverse((now + RETRY, id, idx, true)));
                     }
                     Outcome::Failed(err) => {
                         error!("{label}: cannot send SIGKILL to child {}: {err}", child.pid)
@@ -372,6 +445,10 @@ impl<B: Backend> Daemon<B> {
         }
     }
 }
+
+/// How long before a signal whose target's identity could not be read is
+/// tried again.
+pub(super) const RETRY: Duration = Duration::from_millis(250);
 
 /// What became of one signal a binding meant to send.
 pub(super) enum Outcome {

@@ -251,6 +251,10 @@ pub struct Daemon<B: Backend> {
     next_id: u64,
     /// Escalation deadlines, earliest first.
     timers: BinaryHeap<Reverse<(Instant, BindingId)>>,
+    /// Signals to send again (binding, child index, whether SIGKILL rather
+    /// than the binding's signal) because the child's identity could not
+    /// be read, earliest first.
+    retries: BinaryHeap<Reverse<(Instant, BindingId, usize, bool)>>,
     pins: state::Pins,
     /// The configuration entry of each binding made from a pidfile entry
     /// (the entry of any other configured binding is its spec's).
@@ -342,6 +346,7 @@ impl<B: Backend> Daemon<B> {
             ids: HashMap::new(),
             next_id: loaded.next_id.max(1),
             timers: BinaryHeap::new(),
+            retries: BinaryHeap::new(),
             pins: loaded.pins,
             pidfile_entries: HashMap::new(),
             state,
@@ -422,6 +427,7 @@ impl<B: Backend> Daemon<B> {
                     Event::Member(token) => self.member_event(token),
                 }
             }
+            self.run_due_retries();
             self.run_due_timers();
             self.expire_idle_conns();
             self.commit();
@@ -467,6 +473,11 @@ impl<B: Backend> Daemon<B> {
             self.timers.pop();
         }
         let escalation = self.timers.peek().map(|Reverse((deadline, _))| *deadline);
+        let retry = self.retries.peek().map(|Reverse((at, ..))| *at);
+        let escalation = match (escalation, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let idle = self
             .conns
             .iter()

@@ -73,18 +73,24 @@ impl KqueueWatcher {
         bsd::proc_info(handle.pid).ok().flatten()
     }
 
-    fn exited(handle: &PidHandle) -> bool {
+    /// Whether the process of `handle` has exited: known without a read
+    /// once it was reported, else read afresh. An error: it cannot be told.
+    fn exited(&self, handle: &PidHandle) -> io::Result<bool> {
+        if self.watched.is_exited(handle) {
+            return Ok(true);
+        }
         exited_given(handle.start, &bsd::proc_info(handle.pid))
     }
 }
 
 /// Whether the process that started at `start` has exited, given what
-/// sysctl showed for its pid. A read error says nothing: not exited.
-fn exited_given(start: u64, info: &io::Result<Option<ProcInfo>>) -> bool {
+/// sysctl showed for its pid. A read error proves nothing: it is
+/// returned, and the caller must neither signal nor release the process.
+fn exited_given(start: u64, info: &io::Result<Option<ProcInfo>>) -> io::Result<bool> {
     match info {
-        Ok(None) => true,
-        Ok(Some(info)) => info.start != start || info.zombie,
-        Err(_) => false,
+        Ok(None) => Ok(true),
+        Ok(Some(info)) => Ok(info.start != start || info.zombie),
+        Err(err) => Err(io::Error::new(err.kind(), err.to_string())),
     }
 }
 
@@ -195,11 +201,11 @@ impl Backend for KqueueWatcher {
         }
         // The filter is on whatever process holds the pid now: if that is
         // not ours (it exited before the filter was added), report it.
-        if Self::exited(handle) {
+        if self.exited(handle).unwrap_or(false) {
             if self.watched.remove(handle) {
                 let _ = self.change(handle.pid, EvFlags::EV_DELETE);
             }
-            self.watched.push_pending(token);
+            self.watched.push_pending(handle, token);
         }
         Ok(())
     }
@@ -246,9 +252,12 @@ impl Backend for KqueueWatcher {
                     continue;
                 };
                 let info = bsd::proc_info(pid);
-                let left = self
-                    .watched
-                    .settle(pid, |start| exited_given(start, &info), out);
+                // A failed read leaves the waiters (never a signal on it).
+                let left = self.watched.settle(
+                    pid,
+                    |start| exited_given(start, &info).unwrap_or(false),
+                    out,
+                );
                 // The filter fired for the process it was attached to; a
                 // waiter left is a later process with the same pid, which
                 // needs a filter of its own.
@@ -270,11 +279,14 @@ impl Backend for KqueueWatcher {
     }
 
     fn has_exited(&self, handle: &PidHandle) -> bool {
-        Self::exited(handle)
+        // A read that failed tells nothing: not taken as exited (and
+        // `signal` refuses it).
+        self.exited(handle).unwrap_or(false)
     }
 
     fn signal(&self, handle: &PidHandle, sig: Signal) -> io::Result<Delivery> {
-        // The start time read again just before kill(2).
-        pids::kill_checked(handle, sig, Self::exited(handle))
+        // The start time read again just before kill(2); never a kill(2)
+        // without it.
+        pids::kill_checked(handle, sig, self.exited(handle))
     }
 }

@@ -126,7 +126,7 @@ enum Opened {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     Pidfd(pidfd::PidfdWatcher),
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    Proc(procwatch::ProcWatcher),
+    Proc(Box<procwatch::ProcWatcher>),
     #[cfg(any(
         target_os = "macos",
         target_os = "freebsd",
@@ -143,7 +143,7 @@ impl Opened {
             #[cfg(any(target_os = "linux", target_os = "android"))]
             Opened::Pidfd(backend) => visitor.visit(backend),
             #[cfg(any(target_os = "linux", target_os = "android"))]
-            Opened::Proc(backend) => visitor.visit(backend),
+            Opened::Proc(backend) => visitor.visit(*backend),
             #[cfg(any(
                 target_os = "macos",
                 target_os = "freebsd",
@@ -162,9 +162,13 @@ fn open(kind: BackendKind, settings: &Settings) -> io::Result<Opened> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         BackendKind::Pidfd => pidfd::PidfdWatcher::new().map(Opened::Pidfd),
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        BackendKind::Netlink => procwatch::ProcWatcher::netlink().map(Opened::Proc),
+        BackendKind::Netlink => {
+            procwatch::ProcWatcher::netlink().map(|b| Opened::Proc(Box::new(b)))
+        }
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        BackendKind::Poll => procwatch::ProcWatcher::poll(settings.poll_interval).map(Opened::Proc),
+        BackendKind::Poll => {
+            procwatch::ProcWatcher::poll(settings.poll_interval).map(|b| Opened::Proc(Box::new(b)))
+        }
         #[cfg(any(
             target_os = "macos",
             target_os = "freebsd",
@@ -320,6 +324,47 @@ impl Owner {
     }
 }
 
+/// Why a backend without process descriptors (netlink, poll, kqueue)
+/// sent no signal: the fresh read of the process's start time, which must
+/// come before every kill(2), failed (the daemon out of descriptors, say).
+/// Whether the pid still holds the process bound is then unknown, and a
+/// kill(2) could reach another that took the pid, so nothing was sent.
+/// [`Backend::signal`] returns it wrapped in an `io::Error`
+/// ([`IdentityUnknown::is`] tells it apart); the process is neither
+/// signalled nor taken as exited, and its exit is looked for again.
+#[derive(Debug)]
+pub struct IdentityUnknown {
+    /// The pid that was to be signalled.
+    pub pid: i32,
+    /// Why its identity could not be read.
+    pub source: io::Error,
+}
+
+impl IdentityUnknown {
+    /// `source` for `pid`, as the `io::Error` [`Backend::signal`] returns.
+    pub fn error(pid: i32, source: io::Error) -> io::Error {
+        io::Error::other(IdentityUnknown { pid, source })
+    }
+
+    /// Whether `err` is an [`IdentityUnknown`].
+    pub fn is(err: &io::Error) -> bool {
+        err.get_ref()
+            .is_some_and(|inner| inner.is::<IdentityUnknown>())
+    }
+}
+
+impl fmt::Display for IdentityUnknown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "not signalled: whether pid {} is still that process is unknown, its start time cannot be read ({})",
+            self.pid, self.source
+        )
+    }
+}
+
+impl std::error::Error for IdentityUnknown {}
+
 /// What became of a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -402,8 +447,12 @@ pub trait Backend: Sized + fmt::Debug {
     }
 
     /// Whether the process has exited (it may be a zombie). Never blocks.
+    /// `false` also when that cannot be told now (a read failed): such a
+    /// process is not released, and [`Backend::signal`] refuses it.
     fn has_exited(&self, handle: &Self::Handle) -> bool;
 
-    /// Sends `sig` to exactly the process of `handle`.
+    /// Sends `sig` to exactly the process of `handle`. Backends that
+    /// signal by pid check its start time first; if that check cannot be
+    /// made they send nothing and fail with an [`IdentityUnknown`].
     fn signal(&self, handle: &Self::Handle, sig: Signal) -> io::Result<Delivery>;
 }

@@ -4,12 +4,12 @@
 //! watches that process, and none that watches a later one with the same
 //! pid.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 
 use mio::Token;
 
-use super::Delivery;
+use super::{Delivery, IdentityUnknown};
 use crate::vocab::Signal;
 
 /// A process known by pid and start time: the handle of the backends
@@ -26,13 +26,21 @@ pub struct PidHandle {
     pub serial: u64,
 }
 
-/// Signals `handle` by pid with kill(2), unless `exited` (its start time,
-/// read again by the caller just before this) says it is not the pinned
-/// process any more. What remains is the window between that check and
-/// the kill: see the backends' module documentation.
-pub fn kill_checked(handle: &PidHandle, sig: Signal, exited: bool) -> io::Result<Delivery> {
-    if exited {
-        return Ok(Delivery::Gone);
+/// Signals `handle` by pid with kill(2), only if `exited` (its start
+/// time, read again by the caller just before this) says it is still the
+/// pinned process. A read that failed proves nothing: then nothing is
+/// signalled and the error is an [`IdentityUnknown`]. What remains is the
+/// window between the check and the kill: see the backends' module
+/// documentation.
+pub fn kill_checked(
+    handle: &PidHandle,
+    sig: Signal,
+    exited: io::Result<bool>,
+) -> io::Result<Delivery> {
+    match exited {
+        Ok(true) => return Ok(Delivery::Gone),
+        Ok(false) => {}
+        Err(err) => return Err(IdentityUnknown::error(handle.pid, err)),
     }
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(handle.pid), sig.get()) {
         Ok(()) => Ok(Delivery::Sent),
@@ -98,6 +106,11 @@ pub struct Watched {
     /// Tokens of processes found exited outside an event (at registration),
     /// for the next `collect`.
     pending: Vec<Token>,
+    /// Serials of the handles reported exited and not yet deregistered: an
+    /// exit, once proven, stays proven, and [`Watched::is_exited`] answers
+    /// for them without reading anything (a read that failed later must
+    /// not undo it).
+    exited: HashSet<u64>,
 }
 
 impl Watched {
@@ -126,6 +139,7 @@ impl Watched {
     /// Removes the waiter of `handle`; returns whether `pid` has none left
     /// (false also when it was not watched at all).
     pub fn remove(&mut self, handle: &PidHandle) -> bool {
+        self.exited.remove(&handle.serial);
         let Some(waiters) = self.by_pid.get_mut(&handle.pid) else {
             return false;
         };
@@ -150,9 +164,11 @@ impl Watched {
         let Some(waiters) = self.by_pid.get_mut(&pid) else {
             return false;
         };
+        let proven = &mut self.exited;
         let left = waiters.retain(|w| {
             if exited(w.start) {
                 out.push(w.token);
+                proven.insert(w.serial);
                 false
             } else {
                 true
@@ -164,9 +180,23 @@ impl Watched {
         left
     }
 
-    /// Queues `token` for the next collect.
-    pub fn push_pending(&mut self, token: Token) {
+    /// Queues `token`, the waiter of `handle` found exited outside an
+    /// event, for the next collect (and removes the waiter).
+    pub fn push_pending(&mut self, handle: &PidHandle, token: Token) {
+        self.remove(handle);
+        self.exited.insert(handle.serial);
         self.pending.push(token);
+    }
+
+    /// Whether `handle` was reported exited (and is not deregistered yet).
+    pub fn is_exited(&self, handle: &PidHandle) -> bool {
+        self.exited.contains(&handle.serial)
+    }
+
+    /// Whether any waiter is on `pid`: a hash lookup, nothing read.
+    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    pub fn contains(&self, pid: i32) -> bool {
+        self.by_pid.contains_key(&pid)
     }
 
     /// Moves the queued tokens to `out`.
@@ -220,8 +250,10 @@ mod tests {
         // The process that started at 5 is gone; the one at 9 lives.
         assert!(w.settle(100, |start| start == 5, &mut out));
         assert_eq!(out, vec![Token(1), Token(2)]);
+        assert!(w.is_exited(&old) && w.is_exited(&twin) && !w.is_exited(&successor));
         // Deregistering an already reported handle changes nothing.
         assert!(!w.remove(&old));
+        assert!(!w.is_exited(&old));
         assert!(w.remove(&successor));
         assert!(w.is_empty());
         out.clear();

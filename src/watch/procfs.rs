@@ -46,29 +46,42 @@ impl Stat {
 }
 
 /// Reads `/proc/PID/stat`. `Ok(None)`: there is no such process.
+///
+/// Read as bytes: the command name is whatever the executable's name was,
+/// cut by the kernel at 15 bytes, possibly in the middle of a UTF-8
+/// letter, so the line need not be valid UTF-8.
 pub fn stat(pid: i32) -> io::Result<Option<Stat>> {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(text) => parse_stat(&text).map(Some).ok_or_else(|| {
+    match read_proc(&format!("/proc/{pid}/stat")) {
+        Ok(bytes) => parse_stat(&bytes).map(Some).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("/proc/{pid}/stat: cannot parse it"),
             )
         }),
-        // ESRCH: the process was reaped while the file was being read.
-        Err(err)
-            if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH) =>
-        {
-            Ok(None)
-        }
+        Err(err) if is_gone(&err) => Ok(None),
         Err(err) => Err(err),
     }
 }
 
+/// Whether a read error of `/proc/PID/...` means there is no such process:
+/// ENOENT, or ESRCH when it was reaped while the file was being read.
+fn is_gone(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Reads a file under `/proc` whole, as bytes (the kernel's error kept
+/// as it is, so that ESRCH and EMFILE can be told apart).
+fn read_proc(path: &str) -> io::Result<Vec<u8>> {
+    fs::read(path)
+}
+
 /// Parses a `/proc/PID/stat` line. The command name (field 2) is in
-/// parentheses and may itself hold spaces and parentheses, so fields are
-/// counted from the last `)`.
-pub fn parse_stat(text: &str) -> Option<Stat> {
-    let rest = text.get(text.rfind(')')? + 1..)?;
+/// parentheses and may itself hold spaces, parentheses and any bytes (not
+/// necessarily UTF-8), so fields are counted from the last `)`, and only
+/// what follows it is read as text.
+pub fn parse_stat(bytes: &[u8]) -> Option<Stat> {
+    let close = bytes.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(bytes.get(close + 1..)?).ok()?;
     // After the `)`, the first field is field 3 (state); field 22 is the
     // 20th of them.
     let fields: Vec<&str> = rest.split_ascii_whitespace().take(20).collect();
@@ -80,22 +93,26 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// The value of the line `key` (with its colon, e.g. `Uid:`) of a
+/// `/proc` key-value file, as text; other lines may hold any bytes (the
+/// `Name:` line of `status` is the command name).
+fn field<'a>(bytes: &'a [u8], key: &str) -> Option<&'a str> {
+    bytes
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(key.as_bytes()))
+        .and_then(|value| std::str::from_utf8(value).ok())
+}
+
 /// The uids and gids from `/proc/PID/status`. `Ok(None)`: there is
 /// no such process.
 pub fn owner(pid: i32) -> io::Result<Option<Owner>> {
-    let status = match fs::read_to_string(format!("/proc/{pid}/status")) {
+    let status = match read_proc(&format!("/proc/{pid}/status")) {
         Ok(status) => status,
-        Err(err)
-            if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH) =>
-        {
-            return Ok(None)
-        }
+        Err(err) if is_gone(&err) => return Ok(None),
         Err(err) => return Err(err),
     };
     let ids = |key: &str| -> Option<[u32; 3]> {
-        let values: Vec<u32> = status
-            .lines()
-            .find_map(|line| line.strip_prefix(key))?
+        let values: Vec<u32> = field(&status, key)?
             .split_ascii_whitespace()
             .filter_map(|n| n.parse().ok())
             .collect();
@@ -142,18 +159,15 @@ pub fn init_group() -> Option<i32> {
 
 /// The kernel's id of this boot.
 pub fn boot_id() -> io::Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
-        .trim()
-        .to_owned())
+    let bytes = read_proc("/proc/sys/kernel/random/boot_id")?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
 }
 
 /// The pid a pidfd refers to, from its fdinfo (`Pid:` line): `Ok(None)`
 /// once the process has been reaped. An error if `fd` is not a pidfd.
 pub fn pidfd_pid(fd: &OwnedFd) -> io::Result<Option<i32>> {
-    let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
-    let named = fdinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("Pid:"))
+    let fdinfo = read_proc(&format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    let named = field(&fdinfo, "Pid:")
         .and_then(|v| v.trim().parse::<i32>().ok())
         .ok_or_else(|| {
             io::Error::new(
@@ -223,7 +237,7 @@ mod tests {
     fn parses_stat_after_odd_comm() {
         let line =
             "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
-        let stat = parse_stat(line).expect("parses");
+        let stat = parse_stat(line.as_bytes()).expect("parses");
         assert_eq!(stat.start, 987654);
         assert_eq!(stat.state, b'S');
         assert!(!stat.exited());
@@ -237,9 +251,28 @@ mod tests {
             }
         );
         let zombie = line.replace(" S 1 ", " Z 1 ");
-        assert!(parse_stat(&zombie).expect("parses").exited());
-        assert_eq!(parse_stat("1 (init) S 0"), None);
-        assert_eq!(parse_stat("garbage"), None);
+        assert!(parse_stat(zombie.as_bytes()).expect("parses").exited());
+        assert_eq!(parse_stat(b"1 (init) S 0"), None);
+        assert_eq!(parse_stat(b"garbage"), None);
+    }
+
+    #[test]
+    fn parses_stat_with_a_name_cut_in_the_middle_of_a_letter() {
+        // "мониторинг" cut at 15 bytes by the kernel: 7 letters and the
+        // first byte of the 8th, which is not valid UTF-8.
+        let name = "мониторинг".as_bytes();
+        let mut line = b"4321 (".to_vec();
+        line.extend_from_slice(&name[..15]);
+        line.extend_from_slice(
+            b") S 7 4321 4321 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 55 1000 100\n",
+        );
+        assert!(std::str::from_utf8(&line).is_err());
+        let stat = parse_stat(&line).expect("parses");
+        assert_eq!((stat.ppid, stat.pgid, stat.start), (7, 4321, 55));
+        let mut status = b"Name:\t".to_vec();
+        status.extend_from_slice(&name[..15]);
+        status.extend_from_slice(b"\nUmask:\t0022\nUid:\t1\t2\t3\t4\n");
+        assert_eq!(field(&status, "Uid:"), Some("\t1\t2\t3\t4"));
     }
 
     #[test]

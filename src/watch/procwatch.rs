@@ -18,6 +18,14 @@
 //! An exit event is never trusted on its own: the connector reports each
 //! thread's exit, so a process is taken as exited only when `/proc` shows
 //! it gone, replaced (another start time) or a zombie with no threads left.
+//! An exit of a pid nobody watches costs a hash lookup and no system call.
+//!
+//! A read of `/proc` that fails (the daemon out of descriptors, say)
+//! proves nothing either way: the process is neither taken as exited nor
+//! signalled, and the log says so. Such a pid is looked at again: by
+//! `poll` at each sweep, by `netlink` at each later event and on a retry
+//! timer that runs only while such pids exist, so an exit whose event
+//! came while `/proc` could not be read is not lost.
 //!
 //! Signals go through kill(2) right after the start time is read again
 //! and found unchanged. What remains is the window between that read and
@@ -27,12 +35,13 @@
 //! writer of `ns_last_pid`). pidfds close even that window; these
 //! backends are for kernels that lack them.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{self, sockopt, MsgFlags, NetlinkAddr};
@@ -70,6 +79,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The receive buffer asked for: a burst of exits on a busy host must not
 /// overflow it (an overflow costs a check of every watched pid).
 const RCVBUF: usize = 8 << 20;
+/// How often `netlink` looks again at pids whose `/proc` entry could not
+/// be read, while there are any.
+const RETRY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How exits are learnt.
 #[derive(Debug)]
@@ -81,6 +93,11 @@ enum Source {
         /// Whether the socket is in the connector's multicast group (only
         /// while something is watched: an idle daemon hears nothing).
         joined: bool,
+        /// Fires every [`RETRY_INTERVAL`] while `unknown` is not empty,
+        /// under the same token as the socket.
+        retry: TimerFd,
+        /// Whether `retry` is armed.
+        retrying: bool,
     },
     Poll {
         timer: TimerFd,
@@ -94,6 +111,9 @@ enum Source {
 pub struct ProcWatcher {
     source: Source,
     watched: Watched,
+    /// Watched pids whose last read of `/proc` failed: whether they exited
+    /// is unknown, and they are read again (see the module documentation).
+    unknown: HashSet<i32>,
 }
 
 impl ProcWatcher {
@@ -129,52 +149,56 @@ impl ProcWatcher {
                 socket,
                 buf: vec![0; 64 * 1024],
                 joined: false,
+                retry: new_timer()?,
+                retrying: false,
             },
             watched: Watched::default(),
+            unknown: HashSet::new(),
         })
     }
 
     /// The `poll` backend, re-reading watched pids every `interval`.
     pub fn poll(interval: Duration) -> io::Result<Self> {
-        let timer = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )?;
         Ok(ProcWatcher {
             source: Source::Poll {
-                timer,
+                timer: new_timer()?,
                 interval,
                 armed: false,
             },
             watched: Watched::default(),
+            unknown: HashSet::new(),
         })
     }
 
     /// Arms the poll timer, or joins the connector's group, while
     /// something is watched, and undoes it when nothing is: a daemon with
-    /// nothing to watch never wakes.
+    /// nothing to watch never wakes. The netlink retry timer runs only
+    /// while some watched pid's exit is unknown.
     fn update_source(&mut self) {
         let want = !self.watched.is_empty();
+        let watched = &self.watched;
+        self.unknown.retain(|&pid| watched.contains(pid));
+        let want_retry = !self.unknown.is_empty();
         let result = match &mut self.source {
             Source::Poll {
                 timer,
                 interval,
                 armed,
-            } if want != *armed => {
-                let result = if want {
-                    timer.set(
-                        Expiration::Interval(TimeSpec::from_duration(*interval)),
-                        TimerSetTimeFlags::empty(),
-                    )
+            } => switch_timer(timer, armed, want, *interval),
+            Source::Netlink {
+                socket,
+                joined,
+                retry,
+                retrying,
+                ..
+            } => {
+                let joining = if want == *joined {
+                    Ok(())
                 } else {
-                    timer.unset()
+                    sys::netlink_membership(socket, CN_IDX_PROC, want).map(|()| *joined = want)
                 };
-                result.map(|()| *armed = want).map_err(io::Error::from)
+                joining.and(switch_timer(retry, retrying, want_retry, RETRY_INTERVAL))
             }
-            Source::Netlink { socket, joined, .. } if want != *joined => {
-                sys::netlink_membership(socket, CN_IDX_PROC, want).map(|()| *joined = want)
-            }
-            _ => Ok(()),
         };
         if let Err(err) = result {
             // Left as it was: a timer that stays armed or a group left
@@ -187,12 +211,55 @@ impl ProcWatcher {
         }
     }
 
+    /// Reads `/proc/PID/stat` once and reports the waiters on `pid` whose
+    /// process it shows exited. If it cannot tell (a read failed), they
+    /// stay, and `pid` is kept in `unknown` to be read again.
+    fn check(&mut self, pid: i32, out: &mut Vec<Token>) {
+        let stat = procfs::stat(pid);
+        let mut failure = None;
+        self.watched.settle(
+            pid,
+            |start| match exited_given(pid, start, &stat) {
+                Ok(exited) => exited,
+                Err(err) => {
+                    failure = Some(err);
+                    false
+                }
+            },
+            out,
+        );
+        match failure {
+            Some(err) => self.mark_unknown(pid, &err),
+            None => {
+                if self.unknown.remove(&pid) {
+                    info!(
+                        "{} backend: pid {pid} can be read again; its exit is no longer unknown",
+                        self.name()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Notes that whether `pid` exited is unknown (logged once, not at
+    /// every retry).
+    fn mark_unknown(&mut self, pid: i32, err: &io::Error) {
+        if self.unknown.insert(pid) {
+            warn!(
+                "{} backend: pid {pid}: {err}; whether it exited is unknown, so it is neither signalled nor taken as exited, and it is read again {}",
+                self.name(),
+                match self.source {
+                    Source::Netlink { .. } => "at the next event or within 250ms",
+                    Source::Poll { .. } => "at the next check",
+                }
+            );
+        }
+    }
+
     /// Checks every watched pid; reports those that exited.
     fn sweep(&mut self, out: &mut Vec<Token>) {
         for pid in self.watched.pids() {
-            let stat = procfs::stat(pid);
-            self.watched
-                .settle(pid, |start| exited_given(pid, start, &stat), out);
+            self.check(pid, out);
         }
     }
 
@@ -218,24 +285,69 @@ impl ProcWatcher {
         (tgids, lost)
     }
 
-    fn exited(handle: &PidHandle) -> bool {
+    /// Whether the process of `handle` has exited: known without a read
+    /// once it was reported, else read afresh. An error: it cannot be told.
+    fn exited(&self, handle: &PidHandle) -> io::Result<bool> {
+        if self.watched.is_exited(handle) {
+            return Ok(true);
+        }
         exited_given(handle.pid, handle.start, &procfs::stat(handle.pid))
     }
 }
 
+/// A timer for the poll sweeps or the netlink retries, not yet armed.
+fn new_timer() -> io::Result<TimerFd> {
+    Ok(TimerFd::new(
+        ClockId::CLOCK_MONOTONIC,
+        TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+    )?)
+}
+
+/// Arms `timer` every `interval` if `want`, disarms it if not; `armed`
+/// tracks which it is.
+fn switch_timer(
+    timer: &TimerFd,
+    armed: &mut bool,
+    want: bool,
+    interval: Duration,
+) -> io::Result<()> {
+    if want == *armed {
+        return Ok(());
+    }
+    let result = if want {
+        timer.set(
+            Expiration::Interval(TimeSpec::from_duration(interval)),
+            TimerSetTimeFlags::empty(),
+        )
+    } else {
+        timer.unset()
+    };
+    result.map(|()| *armed = want).map_err(io::Error::from)
+}
+
 /// Whether the process `pid` that started at `start` has exited, given
-/// what `/proc/PID/stat` showed. A read error says nothing: not exited.
-fn exited_given(pid: i32, start: u64, stat: &io::Result<Option<procfs::Stat>>) -> bool {
+/// what `/proc/PID/stat` showed. A read error proves nothing: it is
+/// returned, and the caller must neither signal nor release the process.
+fn exited_given(pid: i32, start: u64, stat: &io::Result<Option<procfs::Stat>>) -> io::Result<bool> {
     match stat {
-        Ok(None) => true,
-        Ok(Some(stat)) if stat.start != start => true,
+        Ok(None) => Ok(true),
+        Ok(Some(stat)) if stat.start != start => Ok(true),
         // A zombie leader whose other threads still run is a live process:
         // only a zombie with no other task left has exited.
-        Ok(Some(stat)) if stat.exited() => fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| tasks.count() <= 1)
-            .unwrap_or(true),
-        Ok(Some(_)) => false,
-        Err(_) => false,
+        Ok(Some(stat)) if stat.exited() => match fs::read_dir(format!("/proc/{pid}/task")) {
+            Ok(tasks) => Ok(tasks.count() <= 1),
+            // Reaped meanwhile.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(err) => Err(io::Error::new(
+                err.kind(),
+                format!("/proc/{pid}/task: {err}"),
+            )),
+        },
+        Ok(Some(_)) => Ok(false),
+        Err(err) => Err(io::Error::new(
+            err.kind(),
+            format!("/proc/{pid}/stat: {err}"),
+        )),
     }
 }
 
@@ -395,24 +507,28 @@ impl Backend for ProcWatcher {
     }
 
     fn open(&mut self, pid: Pid) -> Result<(PidHandle, Identity), OpenError> {
-        match procfs::stat(pid.get()) {
-            Ok(Some(stat)) if !exited_given(pid.get(), stat.start, &Ok(Some(stat))) => {
-                let handle = PidHandle {
-                    pid: pid.get(),
-                    start: stat.start,
-                    serial: self.watched.serial(),
-                };
-                Ok((
-                    handle,
-                    Identity {
-                        start: stat.start,
-                        inode: None,
-                    },
-                ))
-            }
-            Ok(_) => Err(OpenError::Gone),
-            Err(err) => Err(OpenError::Failed(err)),
+        let stat = match procfs::stat(pid.get()) {
+            Ok(Some(stat)) => stat,
+            Ok(None) => return Err(OpenError::Gone),
+            Err(err) => return Err(OpenError::Failed(err)),
+        };
+        match exited_given(pid.get(), stat.start, &Ok(Some(stat))) {
+            Ok(false) => {}
+            Ok(true) => return Err(OpenError::Gone),
+            Err(err) => return Err(OpenError::Failed(err)),
         }
+        let handle = PidHandle {
+            pid: pid.get(),
+            start: stat.start,
+            serial: self.watched.serial(),
+        };
+        Ok((
+            handle,
+            Identity {
+                start: stat.start,
+                inode: None,
+            },
+        ))
     }
 
     fn adopt(&mut self, fd: OwnedFd, pid: Pid) -> Result<(PidHandle, Identity), OpenError> {
@@ -438,7 +554,7 @@ impl Backend for ProcWatcher {
     fn owner(&self, pid: Pid, handle: &PidHandle) -> io::Result<Option<Owner>> {
         let owner = procfs::owner(pid.get());
         // Unchanged after the read: the entry read was this process's.
-        if Self::exited(handle) {
+        if self.exited(handle)? {
             return Ok(None);
         }
         owner
@@ -454,7 +570,7 @@ impl Backend for ProcWatcher {
 
     fn entry(&self, pid: Pid, handle: &PidHandle) -> io::Result<Option<ProcEntry>> {
         let stat = procfs::stat(pid.get());
-        if exited_given(pid.get(), handle.start, &stat) {
+        if exited_given(pid.get(), handle.start, &stat)? {
             return Ok(None);
         }
         Ok(stat?.map(|s| s.entry(pid.get())))
@@ -468,10 +584,12 @@ impl Backend for ProcWatcher {
     ) -> io::Result<()> {
         self.watched.add(handle, token);
         // Added first, checked second: an exit after the check is an event
-        // (or the next sweep) that finds the waiter.
-        if Self::exited(handle) {
-            self.watched.remove(handle);
-            self.watched.push_pending(token);
+        // (or the next sweep) that finds the waiter. A check that cannot be
+        // made leaves the pid to be read again.
+        match self.exited(handle) {
+            Ok(true) => self.watched.push_pending(handle, token),
+            Ok(false) => {}
+            Err(err) => self.mark_unknown(handle.pid, &err),
         }
         self.update_source();
         Ok(())
@@ -484,26 +602,52 @@ impl Backend for ProcWatcher {
     }
 
     fn register_source(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        let raw = match &self.source {
-            Source::Netlink { socket, .. } => socket.as_raw_fd(),
-            Source::Poll { timer, .. } => timer.as_fd().as_raw_fd(),
-        };
-        registry.register(&mut SourceFd(&raw), token, Interest::READABLE)
+        match &self.source {
+            Source::Netlink { socket, retry, .. } => {
+                registry.register(
+                    &mut SourceFd(&socket.as_raw_fd()),
+                    token,
+                    Interest::READABLE,
+                )?;
+                registry.register(
+                    &mut SourceFd(&retry.as_fd().as_raw_fd()),
+                    token,
+                    Interest::READABLE,
+                )
+            }
+            Source::Poll { timer, .. } => registry.register(
+                &mut SourceFd(&timer.as_fd().as_raw_fd()),
+                token,
+                Interest::READABLE,
+            ),
+        }
     }
 
     fn collect(&mut self, out: &mut Vec<Token>) {
         self.watched.drain_pending(out);
         match &mut self.source {
-            Source::Netlink { socket, buf, .. } => {
+            Source::Netlink {
+                socket, buf, retry, ..
+            } => {
+                // Reading clears the retry timer's readiness, if it fired.
+                let _ = retry.wait();
                 let (tgids, lost) = Self::read_events(socket, buf);
                 if lost {
                     warn!("netlink backend: exit events were lost (receive buffer overflow); checking every watched process");
                     self.sweep(out);
                 } else {
+                    // Most exits on a host are of processes nobody
+                    // watches: a hash lookup rules them out, with no read
+                    // of /proc.
                     for tgid in tgids {
-                        let stat = procfs::stat(tgid);
-                        self.watched
-                            .settle(tgid, |start| exited_given(tgid, start, &stat), out);
+                        if self.watched.contains(tgid) {
+                            self.check(tgid, out);
+                        }
+                    }
+                    // And what could not be told before is read again.
+                    let again: Vec<i32> = self.unknown.iter().copied().collect();
+                    for pid in again {
+                        self.check(pid, out);
                     }
                 }
             }
@@ -524,12 +668,15 @@ impl Backend for ProcWatcher {
     }
 
     fn has_exited(&self, handle: &PidHandle) -> bool {
-        Self::exited(handle)
+        // A read that failed tells nothing: not taken as exited (and
+        // `signal` refuses it).
+        self.exited(handle).unwrap_or(false)
     }
 
     fn signal(&self, handle: &PidHandle, sig: Signal) -> io::Result<Delivery> {
-        // The start time read again just before kill(2).
-        pids::kill_checked(handle, sig, Self::exited(handle))
+        // The start time read again just before kill(2); never a kill(2)
+        // without it.
+        pids::kill_checked(handle, sig, self.exited(handle))
     }
 }
 
@@ -568,6 +715,26 @@ mod tests {
         parse_exits(&[0xff; 64], &mut none);
         parse_exits(&[], &mut none);
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_failed_read_is_unknown_and_never_signalled() {
+        let emfile = || Err(io::Error::from_raw_os_error(libc::EMFILE));
+        let me = i32::try_from(std::process::id()).expect("pid fits");
+        assert!(exited_given(me, 1, &emfile()).is_err());
+        let handle = PidHandle {
+            pid: me,
+            start: 1,
+            serial: 1,
+        };
+        let err = pids::kill_checked(
+            &handle,
+            Signal::TERM,
+            Err(io::Error::from_raw_os_error(libc::EMFILE)),
+        )
+        .expect_err("refused");
+        assert!(crate::watch::IdentityUnknown::is(&err), "{err}");
+        assert!(!crate::watch::IdentityUnknown::is(&io::Error::other("x")));
     }
 
     #[test]
