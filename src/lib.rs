@@ -19,15 +19,7 @@
 //! by name; everything else is the crate's own, so rustc reports what no
 //! one uses.
 
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-)))]
+#[cfg(not(any(linux_like, bsd_like)))]
 compile_error!("tether supports Linux, macOS and the BSDs only");
 
 mod config;

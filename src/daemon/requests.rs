@@ -544,7 +544,7 @@ impl Refusal {
     }
 }
 
-#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+#[cfg(all(test, linux_like))]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     //! Request handling without the socket: a real daemon on the pidfd

@@ -4,16 +4,10 @@
 //! hands back owned, safe types (`OwnedFd`, `io::Result`). Platform files are
 //! chosen here, once; callers outside `sys` and `watch` never see `cfg`.
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(linux_like)]
 pub mod linux;
 
-#[cfg(any(
-    target_os = "macos",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
+#[cfg(bsd_like)]
 pub mod bsd;
 
 use std::io;
@@ -85,9 +79,9 @@ pub fn open_dir_nofollow(
     name: &std::path::Path,
 ) -> io::Result<std::os::fd::OwnedFd> {
     use nix::fcntl::OFlag;
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     let access = OFlag::O_PATH;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     let access = OFlag::O_RDONLY;
     let flags = access | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mode = nix::sys::stat::Mode::empty();
@@ -108,7 +102,7 @@ pub struct PeerCred {
 
 /// `SO_PEERCRED` on Linux; `getpeereid` elsewhere.
 pub fn peer_credentials(fd: &impl std::os::fd::AsFd) -> io::Result<PeerCred> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     {
         let cred = nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::PeerCredentials)?;
         Ok(PeerCred {
@@ -116,7 +110,7 @@ pub fn peer_credentials(fd: &impl std::os::fd::AsFd) -> io::Result<PeerCred> {
             pid: Some(cred.pid()),
         })
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     {
         let (uid, _gid) = nix::unistd::getpeereid(fd)?;
         Ok(PeerCred {
@@ -232,11 +226,11 @@ pub fn recv_with_fds(fd: &impl std::os::fd::AsRawFd, buf: &mut [u8]) -> io::Resu
 /// a Linux pidfd. Elsewhere there are none, and every passed descriptor is
 /// refused.
 pub fn is_process_descriptor(fd: &impl std::os::fd::AsRawFd) -> bool {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     {
         linux::is_pidfd(fd)
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     {
         let _ = fd;
         false
@@ -285,7 +279,7 @@ pub fn send_with_fds(
 /// (`PROC_PDEATHSIG_CTL`) it is cleared by such an exec too. Callers must
 /// say so to the user.
 pub fn arm_parent_death_signal(sig: nix::sys::signal::Signal) -> io::Result<bool> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     {
         nix::sys::prctl::set_pdeathsig(sig)?;
         Ok(true)
@@ -317,7 +311,7 @@ pub fn arm_parent_death_signal(sig: nix::sys::signal::Signal) -> io::Result<bool
 /// pidfd_open forbidden by seccomp, macOS and the BSDs): then the caller
 /// identifies the process by its start time instead.
 pub fn process_descriptor(pid: i32) -> io::Result<Option<std::os::fd::OwnedFd>> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     {
         match linux::pidfd_open(pid) {
             Ok(fd) => Ok(Some(fd)),
@@ -325,7 +319,7 @@ pub fn process_descriptor(pid: i32) -> io::Result<Option<std::os::fd::OwnedFd>> 
             Err(err) => Err(err),
         }
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     {
         let _ = pid;
         Ok(None)
@@ -366,14 +360,14 @@ pub fn send_to_abstract(
     name: &[u8],
     bytes: &[u8],
 ) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     {
         use std::os::linux::net::SocketAddrExt;
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
         socket.send_to_addr(bytes, &addr)?;
         Ok(())
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     {
         let _ = (socket, name, bytes);
         Err(io::Error::new(
@@ -385,7 +379,7 @@ pub fn send_to_abstract(
 
 /// How many descriptors this process has open.
 pub fn count_open_fds() -> io::Result<u64> {
-    let dir = if cfg!(any(target_os = "linux", target_os = "android")) {
+    let dir = if cfg!(linux_like) {
         "/proc/self/fd"
     } else {
         "/dev/fd"

@@ -32,20 +32,14 @@ use crate::vocab::{Pid, Signal};
 
 mod pids;
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(linux_like)]
 pub mod pidfd;
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(linux_like)]
 mod procfs;
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(linux_like)]
 pub mod procwatch;
 
-#[cfg(any(
-    target_os = "macos",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
+#[cfg(bsd_like)]
 pub mod kqueue;
 
 /// How the backend is chosen and tuned (`[daemon] backend`,
@@ -56,15 +50,6 @@ pub struct Settings {
     pub kind: BackendKind,
     /// How often the `poll` backend re-reads the watched processes.
     pub poll_interval: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            kind: BackendKind::Auto,
-            poll_interval: Duration::from_secs(1),
-        }
-    }
 }
 
 /// What to do with the backend once it is chosen: the daemon is generic
@@ -79,11 +64,11 @@ pub trait Visitor {
 
 /// The backends this build can run, best first (the order `auto` tries).
 pub fn available() -> &'static [BackendKind] {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     {
         &[BackendKind::Pidfd, BackendKind::Netlink, BackendKind::Poll]
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     {
         &[BackendKind::Kqueue]
     }
@@ -123,34 +108,22 @@ pub fn probe(settings: &Settings) -> Vec<(BackendKind, io::Result<()>)> {
 
 /// A backend opened by [`with_backend`], before it is handed on.
 enum Opened {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     Pidfd(pidfd::PidfdWatcher),
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     Proc(Box<procwatch::ProcWatcher>),
-    #[cfg(any(
-        target_os = "macos",
-        target_os = "freebsd",
-        target_os = "openbsd",
-        target_os = "netbsd",
-        target_os = "dragonfly"
-    ))]
+    #[cfg(bsd_like)]
     Kqueue(kqueue::KqueueWatcher),
 }
 
 impl Opened {
     fn visit<V: Visitor>(self, visitor: V) -> V::Output {
         match self {
-            #[cfg(any(target_os = "linux", target_os = "android"))]
+            #[cfg(linux_like)]
             Opened::Pidfd(backend) => visitor.visit(backend),
-            #[cfg(any(target_os = "linux", target_os = "android"))]
+            #[cfg(linux_like)]
             Opened::Proc(backend) => visitor.visit(*backend),
-            #[cfg(any(
-                target_os = "macos",
-                target_os = "freebsd",
-                target_os = "openbsd",
-                target_os = "netbsd",
-                target_os = "dragonfly"
-            ))]
+            #[cfg(bsd_like)]
             Opened::Kqueue(backend) => visitor.visit(backend),
         }
     }
@@ -159,23 +132,17 @@ impl Opened {
 fn open(kind: BackendKind, settings: &Settings) -> io::Result<Opened> {
     let _ = settings;
     match kind {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(linux_like)]
         BackendKind::Pidfd => pidfd::PidfdWatcher::new().map(Opened::Pidfd),
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(linux_like)]
         BackendKind::Netlink => {
             procwatch::ProcWatcher::netlink().map(|b| Opened::Proc(Box::new(b)))
         }
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(linux_like)]
         BackendKind::Poll => {
             procwatch::ProcWatcher::poll(settings.poll_interval).map(|b| Opened::Proc(Box::new(b)))
         }
-        #[cfg(any(
-            target_os = "macos",
-            target_os = "freebsd",
-            target_os = "openbsd",
-            target_os = "netbsd",
-            target_os = "dragonfly"
-        ))]
+        #[cfg(bsd_like)]
         BackendKind::Kqueue => kqueue::KqueueWatcher::new().map(Opened::Kqueue),
         other => Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -194,11 +161,11 @@ fn open(kind: BackendKind, settings: &Settings) -> io::Result<Opened> {
 /// The start time of a running process as backends record it (`Identity::start`),
 /// for tetherctl, which pins the processes it binds without a backend.
 pub fn start_time(pid: i32) -> io::Result<Option<u64>> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     {
         Ok(procfs::stat(pid)?.map(|s| s.start))
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     {
         Ok(crate::sys::bsd::proc_info(pid)?.map(|p| p.start))
     }
@@ -210,11 +177,11 @@ pub fn start_time(pid: i32) -> io::Result<Option<u64>> {
 /// process with that start time is at `pid` any more. Elsewhere `false`:
 /// kernel processes there have pids below 2 or cannot be opened.
 pub fn is_kernel_thread(pid: i32, start: u64) -> io::Result<Option<bool>> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[cfg(linux_like)]
     {
         Ok(procfs::kernel_thread(pid)?.and_then(|(kthread, at)| (at == start).then_some(kthread)))
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(not(linux_like))]
     {
         let _ = (pid, start);
         Ok(Some(false))

@@ -194,7 +194,7 @@ impl Watched {
     }
 
     /// Whether any waiter is on `pid`: a hash lookup, nothing read.
-    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    #[cfg_attr(not(linux_like), allow(dead_code))]
     pub fn contains(&self, pid: i32) -> bool {
         self.by_pid.contains_key(&pid)
     }
@@ -210,13 +210,13 @@ impl Watched {
     }
 
     /// The watched pids.
-    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    #[cfg_attr(not(linux_like), allow(dead_code))]
     pub fn pids(&self) -> Vec<i32> {
         self.by_pid.keys().copied().collect()
     }
 
     /// Whether nothing is watched.
-    #[cfg_attr(not(any(target_os = "linux", target_os = "android")), allow(dead_code))]
+    #[cfg_attr(not(linux_like), allow(dead_code))]
     pub fn is_empty(&self) -> bool {
         self.by_pid.is_empty()
     }
