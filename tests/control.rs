@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::util::{
-    as_user, become_subreaper, binding, reap, test_user, tetherctl, wait_until, Proc, TestDaemon,
-    TETHERCTL, TIMEOUT,
+    as_user, become_subreaper, binding, ctl_as, reap, test_user, tetherctl, users_sleeper,
+    wait_until, Proc, TestDaemon, TETHERCTL, TIMEOUT,
 };
 
 #[test]
@@ -426,24 +426,8 @@ fn an_unprivileged_user_binds_only_what_it_owns_and_is_capped() {
     // Let the user reach the socket; the daemon's own directory is 0700.
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(daemon.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let socket = daemon.socket.to_str().unwrap().to_owned();
-    let run = |args: &[&str]| {
-        let mut argv = vec![TETHERCTL, "--socket", socket.as_str()];
-        argv.extend(args);
-        let out = as_user(uid, gid, &argv).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let users_sleeper = || {
-        let child = as_user(uid, gid, &["sleep", "1000"]).spawn().unwrap();
-        let pid = child.id() as i32;
-        // Bind only after setpriv has switched user and exec'd.
-        assert!(wait_until(TIMEOUT, || comm(pid) == "sleep"));
-        crate::util::Proc::from_child(child)
-    };
+    let run = |args: &[&str]| ctl_as(uid, gid, &daemon, args);
+    let users_sleeper = || users_sleeper(uid, gid);
 
     let (root_p, root_c) = (Proc::sleeper(), Proc::sleeper());
     let roots = daemon.bind(root_p.pid(), &[root_c.pid()], &[]);

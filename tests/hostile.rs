@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    as_user, comm, ended, test_user, wait_until, Proc, TestDaemon, TETHERCTL, TIMEOUT,
+    as_user, comm, ctl_as, ended, test_user, users_sleeper, wait_until, Proc, TestDaemon, TIMEOUT,
 };
 
 /// How long a root binding may take to act while an attack runs: far
@@ -265,23 +265,14 @@ fn shared_daemon(config: &str) -> TestDaemon {
     daemon
 }
 
-fn ctl_as(uid: u32, gid: u32, daemon: &TestDaemon, args: &[&str]) -> (i32, String, String) {
-    let socket = daemon.socket.display().to_string();
-    let mut argv = vec![TETHERCTL, "--socket", socket.as_str()];
-    argv.extend(args);
-    let out = as_user(uid, gid, &argv).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn users_sleeper(uid: u32, gid: u32) -> Proc {
-    let child = as_user(uid, gid, &["sleep", "1000"]).spawn().unwrap();
-    let pid = child.id() as i32;
-    assert!(wait_until(TIMEOUT, || comm(pid) == "sleep"));
-    Proc::from_child(child)
+/// `tetherctl bind --parent P --child C EXTRA...` as the user; asserts it
+/// was made.
+fn bind_as(uid: u32, gid: u32, daemon: &TestDaemon, parent: i32, child: i32, extra: &[&str]) {
+    let (p, c) = (parent.to_string(), child.to_string());
+    let mut args = vec!["bind", "--parent", p.as_str(), "--child", c.as_str()];
+    args.extend(extra);
+    let (code, _, err) = ctl_as(uid, gid, daemon, &args);
+    assert_eq!(code, 0, "{err}");
 }
 
 fn read_pid(path: &Path) -> i32 {
@@ -364,23 +355,14 @@ fn a_tree_member_beyond_the_budget_is_reported_not_skipped_silently() {
     .unwrap();
     let mut child = Proc::from_child(as_user(uid, gid, &["sh", "-c", &script]).spawn().unwrap());
     assert!(wait_until(TIMEOUT, || out.exists()));
-    let (code, _, err) = ctl_as(
+    bind_as(
         uid,
         gid,
         &daemon,
-        &[
-            "bind",
-            "--parent",
-            &parent.pid().to_string(),
-            "--child",
-            &child.pid().to_string(),
-            "--kill",
-            "tree",
-            "--grace",
-            "never",
-        ],
+        parent.pid(),
+        child.pid(),
+        &["--kill", "tree", "--grace", "never"],
     );
-    assert_eq!(code, 0, "{err}");
     parent.kill9();
     daemon.wait_log("descendants cannot be held and will not be signalled");
     let log = daemon.log_text();
@@ -419,23 +401,14 @@ fn a_group_binding_never_signals_another_users_process_in_the_group() {
     let (root_job, users) = (read_pid(&root_f), read_pid(&user_f));
     assert!(wait_until(TIMEOUT, || comm(users) == "sleep"));
     let mut parent = users_sleeper(uid, gid);
-    let (code, _, err) = ctl_as(
+    bind_as(
         uid,
         gid,
         &daemon,
-        &[
-            "bind",
-            "--parent",
-            &parent.pid().to_string(),
-            "--child",
-            &users.to_string(),
-            "--kill",
-            "group",
-            "--grace",
-            "1s",
-        ],
+        parent.pid(),
+        users,
+        &["--kill", "group", "--grace", "1s"],
     );
-    assert_eq!(code, 0, "{err}");
     parent.kill9();
     assert!(
         wait_until(TIMEOUT, || ended(users)),
@@ -486,23 +459,14 @@ fn a_users_binding_never_signals_a_set_uid_program() {
     let child = Proc::from_child(as_user(uid, gid, &["sh", "-c", &script]).spawn().unwrap());
     let desc = read_pid(&dir.path().join("desc"));
     let mut parent = users_sleeper(uid, gid);
-    let (code, _, err) = ctl_as(
+    bind_as(
         uid,
         gid,
         &daemon,
-        &[
-            "bind",
-            "--parent",
-            &parent.pid().to_string(),
-            "--child",
-            &child.pid().to_string(),
-            "--kill",
-            "tree",
-            "--grace",
-            "1s",
-        ],
+        parent.pid(),
+        child.pid(),
+        &["--kill", "tree", "--grace", "1s"],
     );
-    assert_eq!(code, 0, "{err}");
     std::fs::write(&go, "").unwrap();
     assert!(wait_until(TIMEOUT, || comm(child.pid()) == "suid-sleep"));
     parent.kill9();

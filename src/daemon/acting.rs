@@ -350,23 +350,10 @@ impl<B: Backend> Daemon<B> {
             }
             return;
         }
-        if let Some(parent) = binding.parent.take() {
-            let _ = self
-                .watcher
-                .deregister(self.poll.registry(), &parent.handle);
-        }
-        for slot in binding.children.iter_mut() {
-            release(&mut self.watcher, &self.poll, slot);
-        }
-        if let Some(scope) = binding.scope.as_mut() {
-            scope.extras = Vec::new();
-        }
+        release_all(&mut self.watcher, &self.poll, &mut self.budget, binding);
         debug!("{}: done", binding.label());
         binding.phase = Phase::Done;
         binding.children = Vec::new();
-        let charged = std::mem::take(&mut binding.charged);
-        let uid = Self::budget_uid(binding.origin);
-        self.budget.release(uid, charged);
     }
 
     /// Drops a binding entirely, cancelling any pending escalation.
@@ -387,16 +374,12 @@ impl<B: Backend> Daemon<B> {
 
     /// Releases everything a binding removed from the slab holds.
     pub(super) fn close(&mut self, mut binding: Binding<B::Handle>) {
-        if let Some(parent) = binding.parent.take() {
-            let _ = self
-                .watcher
-                .deregister(self.poll.registry(), &parent.handle);
-        }
-        for slot in binding.children.iter_mut() {
-            release(&mut self.watcher, &self.poll, slot);
-        }
-        let uid = Self::budget_uid(binding.origin);
-        self.budget.release(uid, binding.charged);
+        release_all(
+            &mut self.watcher,
+            &self.poll,
+            &mut self.budget,
+            &mut binding,
+        );
         if let Origin::Socket { uid } = binding.origin {
             self.budget.count_socket_binding(uid, false);
         }
@@ -444,6 +427,27 @@ impl<B: Backend> Daemon<B> {
             Err(err) => Outcome::Failed(err),
         }
     }
+}
+
+/// Closes every handle a binding holds (parent, children, scope members)
+/// and gives what it was charged back to its owner's budget.
+fn release_all<B: Backend>(
+    watcher: &mut B,
+    poll: &Poll,
+    budget: &mut budget::Budget,
+    binding: &mut Binding<B::Handle>,
+) {
+    if let Some(parent) = binding.parent.take() {
+        let _ = watcher.deregister(poll.registry(), &parent.handle);
+    }
+    for slot in binding.children.iter_mut() {
+        release(watcher, poll, slot);
+    }
+    if let Some(scope) = binding.scope.as_mut() {
+        scope.extras = Vec::new();
+    }
+    let charged = std::mem::take(&mut binding.charged);
+    budget.release(Daemon::<B>::budget_uid(binding.origin), charged);
 }
 
 /// How long before a signal whose target's identity could not be read is

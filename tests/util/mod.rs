@@ -602,3 +602,30 @@ pub fn hides_text(c: char) -> bool {
                 | '\u{E0000}'..='\u{E007F}'
         )
 }
+
+/// tetherctl run as `uid:gid` against `daemon`; returns (exit code,
+/// stdout, stderr).
+pub fn ctl_as(uid: u32, gid: u32, daemon: &TestDaemon, args: &[&str]) -> (i32, String, String) {
+    let socket = daemon.socket.display().to_string();
+    let mut argv = vec![TETHERCTL, "--socket", socket.as_str()];
+    argv.extend(args);
+    let out = as_user(uid, gid, &argv)
+        .output()
+        .expect("run tetherctl as the user");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `sleep 1000` run as `uid:gid`, returned once it runs as that user
+/// (setpriv has switched and exec'd).
+pub fn users_sleeper(uid: u32, gid: u32) -> Proc {
+    let child = as_user(uid, gid, &["sleep", "1000"])
+        .spawn()
+        .expect("spawn the user's sleep");
+    let pid = i32::try_from(child.id()).expect("pid fits i32");
+    assert!(wait_until(TIMEOUT, || comm(pid) == "sleep"));
+    Proc::from_child(child)
+}
