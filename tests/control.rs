@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::util::{
-    as_user, become_subreaper, binding, ctl_as, reap, test_user, tetherctl, users_sleeper,
-    wait_until, Proc, TestDaemon, TETHERCTL, TIMEOUT,
+    as_user, become_subreaper, binding, ctl_as, reap, root_and_test_user, test_user, tetherctl,
+    users_sleeper, wait_until, Proc, TestDaemon, TETHERCTL, TIMEOUT,
 };
 
 #[test]
@@ -415,11 +415,9 @@ fn hostile_clients_do_not_stall_the_daemon() {
 
 #[test]
 fn an_unprivileged_user_binds_only_what_it_owns_and_is_capped() {
-    if !crate::util::is_root() {
-        eprintln!("skipped: needs root to run tetherd as root and a client as another user");
-        return;
-    }
-    let Some((uid, gid)) = test_user() else {
+    let Some((uid, gid)) =
+        root_and_test_user("to run tetherd as root and a client as another user")
+    else {
         return;
     };
     let daemon = TestDaemon::start("[daemon]\nmax_bindings_per_uid = 2\n");

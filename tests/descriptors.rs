@@ -9,7 +9,7 @@
 
 use std::os::unix::net::UnixStream;
 
-use crate::util::{backend_name, binding, run_reuse_script, Proc, ScriptRun, TestDaemon, TIMEOUT};
+use crate::util::{backend_name, binding, reuse_script_output, Proc, TestDaemon, TIMEOUT};
 
 /// tetherd's descriptor limit in these tests: enough to start, few enough
 /// for a hundred connections to use up.
@@ -124,14 +124,9 @@ kill -TERM $TD; wait $TD
 #[test]
 fn an_innocent_at_a_reused_pid_is_not_signalled_while_out_of_descriptors() {
     let dir = tempfile::tempdir().unwrap();
-    let (stdout, stderr) = match run_reuse_script(SCRIPT, dir.path()) {
-        ScriptRun::Ran(stdout, stderr) => (stdout, stderr),
-        ScriptRun::Skipped(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
+    let Some((stdout, stderr, log)) = reuse_script_output(SCRIPT, dir.path()) else {
+        return;
     };
-    let log = std::fs::read_to_string(dir.path().join("tetherd.log")).unwrap_or_default();
     assert!(
         !stdout.contains("FAIL") && stdout.contains("OK innocent"),
         "{stdout}\n{stderr}\nlog:\n{log}"

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    as_user, comm, ctl_as, ended, test_user, users_sleeper, wait_until, Proc, TestDaemon, TIMEOUT,
+    as_user, comm, ctl_as, ended, root_and_test_user, users_sleeper, wait_until, Proc, TestDaemon,
+    TIMEOUT,
 };
 
 /// How long a root binding may take to act while an attack runs: far
@@ -291,11 +292,7 @@ fn read_pid(path: &Path) -> i32 {
 
 #[test]
 fn a_users_budget_bounds_what_it_holds_and_root_keeps_its_reserve() {
-    if !crate::util::is_root() {
-        eprintln!("skipped: needs root to run a client as another user");
-        return;
-    }
-    let Some((uid, gid)) = test_user() else {
+    let Some((uid, gid)) = root_and_test_user("to run a client as another user") else {
         return;
     };
     // 25 bindings a uid: a budget of 100 processes.
@@ -332,11 +329,7 @@ fn a_users_budget_bounds_what_it_holds_and_root_keeps_its_reserve() {
 
 #[test]
 fn a_tree_member_beyond_the_budget_is_reported_not_skipped_silently() {
-    if !crate::util::is_root() {
-        eprintln!("skipped: needs root to run a client as another user");
-        return;
-    }
-    let Some((uid, gid)) = test_user() else {
+    let Some((uid, gid)) = root_and_test_user("to run a client as another user") else {
         return;
     };
     // 10 bindings a uid: a budget of 40 processes.
@@ -381,11 +374,7 @@ fn a_tree_member_beyond_the_budget_is_reported_not_skipped_silently() {
 
 #[test]
 fn a_group_binding_never_signals_another_users_process_in_the_group() {
-    if !crate::util::is_root() {
-        eprintln!("skipped: needs root to put two users' processes in one group");
-        return;
-    }
-    let Some((uid, gid)) = test_user() else {
+    let Some((uid, gid)) = root_and_test_user("to put two users' processes in one group") else {
         return;
     };
     let daemon = shared_daemon("");
@@ -432,11 +421,7 @@ fn a_group_binding_never_signals_another_users_process_in_the_group() {
 
 #[test]
 fn a_users_binding_never_signals_a_set_uid_program() {
-    if !crate::util::is_root() {
-        eprintln!("skipped: needs root for a set-uid program and another user");
-        return;
-    }
-    let Some((uid, gid)) = test_user() else {
+    let Some((uid, gid)) = root_and_test_user("for a set-uid program and another user") else {
         return;
     };
     let daemon = shared_daemon("");

@@ -5,7 +5,7 @@
 //! after a restart, where only the remembered pin (of a config binding, or
 //! of a binding made over the socket) tells the two apart.
 
-use crate::util::{run_reuse_script, ScriptRun};
+use crate::util::reuse_script_output;
 
 /// The scenario, run by bash as pid 1 of a new pid namespace. Prints
 /// `SKIP reason`, or one `OK`/`FAIL` line per check.
@@ -104,14 +104,9 @@ echo "EXIT $?"
 #[test]
 fn reused_child_pid_is_never_signalled() {
     let dir = tempfile::tempdir().unwrap();
-    let (stdout, stderr) = match run_reuse_script(SCRIPT, dir.path()) {
-        ScriptRun::Ran(stdout, stderr) => (stdout, stderr),
-        ScriptRun::Skipped(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
+    let Some((stdout, stderr, log)) = reuse_script_output(SCRIPT, dir.path()) else {
+        return;
     };
-    let log = std::fs::read_to_string(dir.path().join("tetherd.log")).unwrap_or_default();
     assert!(!stdout.contains("FAIL"), "{stdout}\n{stderr}\nlog:\n{log}");
     assert_eq!(
         stdout.matches("OK innocent").count(),
@@ -220,14 +215,9 @@ echo "EXIT $?"
 #[test]
 fn pins_belong_to_the_config_entry_that_took_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (stdout, stderr) = match run_reuse_script(ENTRY_SCRIPT, dir.path()) {
-        ScriptRun::Ran(stdout, stderr) => (stdout, stderr),
-        ScriptRun::Skipped(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
+    let Some((stdout, stderr, log)) = reuse_script_output(ENTRY_SCRIPT, dir.path()) else {
+        return;
     };
-    let log = std::fs::read_to_string(dir.path().join("tetherd.log")).unwrap_or_default();
     assert!(!stdout.contains("FAIL"), "{stdout}\n{stderr}\nlog:\n{log}");
     assert_eq!(
         stdout.matches("OK ").count(),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::util::{run_reuse_script, ScriptRun};
+use crate::util::reuse_script_output;
 
 fn long() -> bool {
     std::env::var("TETHER_TORTURE").is_ok_and(|v| v == "long")
@@ -74,14 +74,9 @@ fn torture_pid_reuse_rounds_never_signal_an_innocent() {
     let rounds = if long() { 3000 } else { 40 };
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("rounds"), rounds.to_string()).unwrap();
-    let (stdout, stderr) = match run_reuse_script(ROUNDS_SCRIPT, dir.path()) {
-        ScriptRun::Ran(out, err) => (out, err),
-        ScriptRun::Skipped(reason) => {
-            eprintln!("skipped: {reason}");
-            return;
-        }
+    let Some((stdout, stderr, log)) = reuse_script_output(ROUNDS_SCRIPT, dir.path()) else {
+        return;
     };
-    let log = std::fs::read_to_string(dir.path().join("tetherd.log")).unwrap_or_default();
     let line = stdout
         .lines()
         .find(|l| l.starts_with("ROUNDS "))

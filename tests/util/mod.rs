@@ -511,6 +511,23 @@ pub enum ScriptRun {
     Skipped(String),
 }
 
+/// Runs a pid-reuse script (see `run_reuse_script`), printing why and
+/// returning `None` when it cannot run here; else its stdout, stderr and
+/// tetherd's log (`DIR/tetherd.log`).
+#[cfg(target_os = "linux")]
+pub fn reuse_script_output(script: &str, dir: &Path) -> Option<(String, String, String)> {
+    match run_reuse_script(script, dir) {
+        ScriptRun::Ran(stdout, stderr) => {
+            let log = fs::read_to_string(dir.join("tetherd.log")).unwrap_or_default();
+            Some((stdout, stderr, log))
+        }
+        ScriptRun::Skipped(reason) => {
+            eprintln!("skipped: {reason}");
+            None
+        }
+    }
+}
+
 /// Runs a bash `script` as pid 1 of a fresh pid namespace (where it can
 /// steer `ns_last_pid`) with the arguments `tetherd dir tetherctl
 /// BACKEND-ARGS...`. The netlink backend works only in the initial pid
@@ -518,7 +535,7 @@ pub enum ScriptRun {
 /// `ns_last_pid` (a fork elsewhere on the host in between makes the script
 /// skip a step, never pass falsely). Needs root.
 #[cfg(target_os = "linux")]
-pub fn run_reuse_script(script: &str, dir: &Path) -> ScriptRun {
+fn run_reuse_script(script: &str, dir: &Path) -> ScriptRun {
     if !is_root() {
         return ScriptRun::Skipped("a new pid namespace and ns_last_pid need root".into());
     }
@@ -628,4 +645,14 @@ pub fn users_sleeper(uid: u32, gid: u32) -> Proc {
     let pid = i32::try_from(child.id()).expect("pid fits i32");
     assert!(wait_until(TIMEOUT, || comm(pid) == "sleep"));
     Proc::from_child(child)
+}
+
+/// The test user's uid and gid for a test that needs root and another user
+/// (`why` says what for); `None`, with the reason printed, elsewhere.
+pub fn root_and_test_user(why: &str) -> Option<(u32, u32)> {
+    if !is_root() {
+        eprintln!("skipped: needs root {why}");
+        return None;
+    }
+    test_user()
 }
