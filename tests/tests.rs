@@ -3,7 +3,13 @@
 //! parent exits), `lifecycle` (start, stop, files, limits), `reload`
 //! (SIGHUP), `check` (configuration errors through the binary), `reuse`
 //! (pid reuse in a fresh pid namespace), `backends` (the fallback from
-//! pidfd to netlink to poll) and `scale`.
+//! pidfd to netlink to poll), `control` and `exec` (the socket and
+//! tetherctl), `kill_modes` (group and tree), `pidfile`, `scale`,
+//! `torture`; and what a hostile local user tries: `hostile` (descriptors,
+//! memory, budgets, deputies), `trust` (planted files and sockets),
+//! `names` and `comm_names` (names that could fake log lines, program names
+//! cut mid-letter), `descriptors` (a daemon out of descriptors),
+//! `log_size`, `service` (what the shipped unit needs).
 //!
 //! The README's test command runs this binary once per Linux backend
 //! (`TETHER_TEST_BACKEND=pidfd|netlink|poll`); see `util::backend`.

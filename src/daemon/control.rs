@@ -6,7 +6,8 @@
 //! slow, silent or hostile client from stalling the loop or the other
 //! clients: a bounded line length, a bounded number of connections (the
 //! longest-idle one is closed to make room), and an idle timeout. What a
-//! request *means* is decided in `daemon/mod.rs`.
+//! request *means* is decided in `requests`, and how much of a connection's
+//! work is done when in `serve`.
 
 use std::collections::VecDeque;
 use std::fs;
