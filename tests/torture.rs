@@ -161,7 +161,7 @@ fn torture_crash_and_restart_keeps_the_ledger() {
     for crash in 0..crashes {
         // SIGKILL the daemon at a random moment of the stream below.
         let pid = Pid::from_raw(daemon.pid());
-        let delay = Duration::from_millis(20 + rng.next(200));
+        let delay = Duration::from_millis(20 + rng.next(200)) * crate::util::slow();
         let killer = std::thread::spawn(move || {
             std::thread::sleep(delay);
             let _ = kill(pid, Signal::SIGKILL);
