@@ -338,7 +338,7 @@ fn a_tree_member_beyond_the_budget_is_reported_not_skipped_silently() {
     let out = dir.path().join("forked");
     let mut parent = users_sleeper(uid, gid);
     let script = format!(
-        "for i in $(seq 60); do sleep 1000 & done; echo ok > {}; wait",
+        "for i in $(seq 60); do sleep 1017 & done; echo ok > {}; wait",
         out.display()
     );
     std::fs::set_permissions(
@@ -366,9 +366,10 @@ fn a_tree_member_beyond_the_budget_is_reported_not_skipped_silently() {
     assert!(line.contains("22 descendants"), "{line}");
     assert!(line.contains("the budget of its uid is used up"), "{line}");
     assert_eq!(child.wait_signal(TIMEOUT), Some(libc::SIGTERM));
-    // The rest of the tree: not signalled, and killed here.
+    // The rest of the tree: not signalled, and killed here; only these
+    // (`sleep 1017`): other tests' processes of the same user run now.
     let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-u", &uid.to_string(), "sleep"])
+        .args(["-KILL", "-u", &uid.to_string(), "-f", "^sleep 1017$"])
         .status();
 }
 

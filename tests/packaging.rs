@@ -23,6 +23,13 @@ fn the_deb_installs_runs_acts_and_purges_cleanly_in_a_fresh_debian_root() {
         eprintln!("skipped: the package test runs once, with the pidfd suite");
         return;
     }
+    if std::env::var_os("TETHER_TEST_VM").is_some() {
+        eprintln!(
+            "skipped: in the tests/vm guest: building the packages needs cargo and the \
+             build tree, which the read-only root does not offer, and debootstrap needs the network"
+        );
+        return;
+    }
     if !is_root() {
         eprintln!("skipped: installing a package into a chroot needs root");
         return;

@@ -154,10 +154,15 @@ fn torture_crash_and_restart_keeps_the_ledger() {
     let mut ledger: Vec<Entry> = Vec::new();
     let mut daemon = TestDaemon::start("");
     for crash in 0..crashes {
-        // SIGKILL the daemon at a random moment of the stream below.
+        // SIGKILL the daemon at a random moment of the stream below, once
+        // this round has one acknowledged bind: on a slow machine (qemu
+        // without KVM) a fixed delay could end every round before the
+        // first answer, and the test would prove nothing.
         let pid = Pid::from_raw(daemon.pid());
-        let delay = Duration::from_millis(20 + rng.next(200));
+        let delay = Duration::from_millis(20 + rng.next(200)) * crate::util::slow();
+        let (acked_tx, acked_rx) = std::sync::mpsc::channel::<()>();
         let killer = std::thread::spawn(move || {
+            let _ = acked_rx.recv_timeout(TIMEOUT * crate::util::slow());
             std::thread::sleep(delay);
             let _ = kill(pid, Signal::SIGKILL);
         });
@@ -181,6 +186,9 @@ fn torture_crash_and_restart_keeps_the_ledger() {
                     daemon.ctl(&["bind", "--parent", &p, "--child", &c, "--grace", "5s"]);
                 let last = ledger.last_mut().unwrap();
                 last.id = (code == 0).then(|| out.trim().parse().unwrap());
+                if code == 0 {
+                    let _ = acked_tx.send(());
+                }
                 code
             } else if op < 7 {
                 // Unbind an acknowledged binding whose parent lives.

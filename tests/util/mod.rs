@@ -98,8 +98,23 @@ pub fn tetherctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
 /// machine has 2 cores and tests run in parallel.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Polls `cond` every few milliseconds until it holds or `timeout` passes.
+/// How many times slower than a host this machine runs the tests:
+/// `TETHER_TEST_SLOW` (a whole number, default 1). tests/vm sets it in a
+/// guest that qemu emulates without KVM, where exec and fork cost about
+/// ten times what they cost on the host; [`wait_until`] (and so every
+/// wait on [`TIMEOUT`]) and the torture tests' random delays scale by it.
+pub fn slow() -> u32 {
+    std::env::var("TETHER_TEST_SLOW")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` (times
+/// [`slow`]) passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let timeout = timeout * slow();
     let start = Instant::now();
     loop {
         if cond() {
