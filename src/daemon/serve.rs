@@ -21,8 +21,8 @@ use crate::protocol::{Response, MAX_FDS, MAX_LINE};
 use crate::sys::PeerCred;
 use crate::watch::Backend;
 
-/// Requests handled for one connection per turn before the others get
-/// theirs.
+/// Requests handled and reads made for one connection per turn before the
+/// others get theirs.
 const REQUESTS_PER_TURN: usize = 64;
 
 /// Connections one uid other than root (or the daemon's own) may hold open;
@@ -226,6 +226,9 @@ impl<B: Backend> Daemon<B> {
                 }
                 break;
             }
+            // Requests handled and reads made both count: a client that
+            // streams a line longer than the limit sends no request, and
+            // must not keep the loop reading it either.
             if n_handled >= REQUESTS_PER_TURN {
                 self.backlog.push(idx);
                 break;
@@ -263,6 +266,7 @@ impl<B: Backend> Daemon<B> {
             if !conn.read_once(&self.closer) && !conn.has_line() {
                 break;
             }
+            n_handled += 1;
         }
         self.flush_conn(idx);
     }
