@@ -60,8 +60,9 @@ impl Budget {
     pub fn set_limits(&mut self, fd_limit: u64, max_bindings_per_uid: usize) {
         let limit = usize::try_from(fd_limit).unwrap_or(usize::MAX);
         self.total = limit.saturating_sub(CONTROL_RESERVE);
-        // A quarter of the descriptors (at least 1,024) is root's alone.
-        let reserve = (limit / 4).max(1024);
+        // A quarter of the descriptors (at least 1,024, or half of a limit
+        // below 2,048) is root's alone.
+        let reserve = (limit / 4).max(1024.min(limit / 2));
         self.others = limit.saturating_sub(reserve).min(self.total);
         // Four processes a binding on average; never more than the others'
         // share.
@@ -196,6 +197,13 @@ mod tests {
         budget.release(1003, 2800);
         assert!(budget.check(1004, 9).is_ok());
         assert_eq!(budget.held(1003), 0);
+    }
+
+    #[test]
+    fn a_small_descriptor_limit_still_leaves_users_a_share() {
+        let budget = Budget::new(1024, 1024);
+        assert_eq!(budget.others(), 512);
+        assert_eq!(budget.per_uid(), 512);
     }
 
     #[test]
