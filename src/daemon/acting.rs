@@ -418,7 +418,10 @@ impl<B: Backend> Daemon<B> {
                 Ok(Some(owner)) if owner.plainly_owned_by(uid) => {}
                 Ok(Some(owner)) => return Outcome::Refused(owner.refusal(uid)),
                 Ok(None) => return Outcome::Exited,
-                Err(err) => return Outcome::Refused(format!("its owner cannot be read ({err})")),
+                // Unknown is not "no": the signal is tried again later.
+                Err(err) => {
+                    return Outcome::Failed(IdentityUnknown::error(member.pid.get(), err))
+                }
             }
         }
         match watcher.signal(&member.handle, sig) {
