@@ -419,9 +419,7 @@ impl<B: Backend> Daemon<B> {
                 Ok(Some(owner)) => return Outcome::Refused(owner.refusal(uid)),
                 Ok(None) => return Outcome::Exited,
                 // Unknown is not "no": the signal is tried again later.
-                Err(err) => {
-                    return Outcome::Failed(IdentityUnknown::error(member.pid.get(), err))
-                }
+                Err(err) => return Outcome::Failed(IdentityUnknown::error(member.pid.get(), err)),
             }
         }
         match watcher.signal(&member.handle, sig) {
