@@ -67,20 +67,10 @@ fn a_name_cut_mid_letter_is_bound_as_parent_and_child() {
     // The parent's death is seen whether it is reaped at once or stays a
     // zombie for a while (its launcher reaping late).
     parent.signal(Signal::SIGKILL);
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGTERM), &daemon);
     parent.kill9();
     parent2.kill9();
-    assert_eq!(
-        child2.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child2.expect_signal(Some(libc::SIGTERM), &daemon);
     daemon.wait_log(&format!("child {} exited", child2.pid()));
 }
 

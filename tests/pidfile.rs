@@ -250,12 +250,7 @@ fn a_pidfile_briefly_empty_at_a_reload_keeps_the_binding_held() {
         daemon.log_text()
     );
     parent.kill9();
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGTERM), &daemon);
 }
 
 /// A service that removes its pidfile on exit (systemd's PIDFile=) must
@@ -282,12 +277,7 @@ fn a_pidfile_removed_or_replaced_during_the_grace_period_still_gets_sigkill() {
     write_pid(&pidfile, next.pid());
     daemon.reload(&config);
     daemon.wait_log("no longer in the configuration; kept until its pending SIGKILL is sent");
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGKILL),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGKILL), &daemon);
     assert_eq!(daemon.count("SIGKILL is cancelled"), 0);
 }
 

@@ -155,12 +155,7 @@ fn a_config_rewritten_in_place_during_reloads_is_never_applied_half_written() {
     );
     for (mut parent, mut child) in pairs {
         parent.kill9();
-        assert_eq!(
-            child.wait_signal(TIMEOUT),
-            Some(libc::SIGTERM),
-            "log:\n{}",
-            daemon.log_text()
-        );
+        child.expect_signal(Some(libc::SIGTERM), &daemon);
     }
 }
 
@@ -176,12 +171,7 @@ fn an_empty_config_is_refused_while_bindings_are_held() {
         "tether.toml: the file is empty while 1 configured bindings are held (rewritten in place?); to drop them all, leave a comment in it",
     );
     parent.kill9();
-    assert_eq!(
-        child.wait_signal(TIMEOUT),
-        Some(libc::SIGTERM),
-        "log:\n{}",
-        daemon.log_text()
-    );
+    child.expect_signal(Some(libc::SIGTERM), &daemon);
     daemon.reload("# no bindings\n");
     daemon.wait_log("configuration applied: 0 added, 1 removed");
 }
