@@ -32,7 +32,15 @@ pub const PREFIX: char = 'b';
 
 /// The mount point and root of the first cgroup2 mount in a
 /// `/proc/self/mountinfo` text (the mount point unescaped).
+#[cfg(test)]
 pub fn cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, String)> {
+    cgroup2_mounts(mountinfo).into_iter().next()
+}
+
+/// Every cgroup2 mount in a `/proc/self/mountinfo` text (the hierarchy
+/// is one per system: a second mount shows the same tree).
+pub fn cgroup2_mounts(mountinfo: &str) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
     for line in mountinfo.lines() {
         let mut halves = line.splitn(2, " - ");
         let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
@@ -45,9 +53,9 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<(PathBuf, String)> {
         let (Some(root), Some(point)) = (fields.nth(3), fields.next()) else {
             continue;
         };
-        return Some((PathBuf::from(unescape(point)), unescape(root)));
+        out.push((PathBuf::from(unescape(point)), unescape(root)));
     }
-    None
+    out
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space).
@@ -129,17 +137,26 @@ pub fn locate(root_override: Option<&Path>, create: bool) -> Result<Place, Strin
     }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-    let (mount, mount_root) = cgroup2_mount(&mountinfo)
+    let mounts = cgroup2_mounts(&mountinfo);
+    let (mut mount, mount_root) = mounts
+        .first()
+        .cloned()
         .ok_or("no cgroup2 hierarchy is mounted (/proc/self/mountinfo has no cgroup2 line)")?;
     let (root, leaf, how) = match root_override {
         Some(root) => {
-            if !root.starts_with(&mount) {
-                return Err(format!(
-                    "cgroup_root {} is not under the cgroup2 mount {}",
-                    root.display(),
-                    mount.display()
-                ));
-            }
+            // The mount it is under (the deepest, if mounts nest).
+            mount = mounts
+                .iter()
+                .filter(|(m, r)| root.starts_with(m) && r == "/")
+                .max_by_key(|(m, _)| m.as_os_str().len())
+                .map(|(m, _)| m.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "cgroup_root {} is not under a cgroup2 mount (the first is {})",
+                        root.display(),
+                        mount.display()
+                    )
+                })?;
             (root.to_path_buf(), None, "[daemon] cgroup_root")
         }
         None => {
