@@ -432,3 +432,65 @@ fn cgroup_is_refused_with_the_reason_where_it_is_not_available() {
     let (_, out, _) = daemon.ctl(&["status"]);
     assert!(out.contains("cgroup:       not available"), "{out}");
 }
+
+/// A configured binding gets a new id, so a new cgroup, at each start:
+/// the cgroup its child is found in (left by the same binding before the
+/// restart) is adopted whole, with what daemonized out of the child's
+/// tree meanwhile, and removed.
+#[test]
+fn a_configured_binding_adopts_its_cgroup_from_before_a_restart() {
+    let Some(root) = CgRoot::new("config") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().display().to_string();
+    let parent = Proc::sleeper();
+    // The child double-forks an escaper once told to, after the bind.
+    let mut child = Proc::sh(&format!(
+        "while [ ! -e {d}/go ]; do sleep 0.05; done; ( setsid sh -c 'echo \"escaper $$\" >> {d}/pids; exec sleep 1000' & ); exec sleep 1000"
+    ));
+    let config = format!(
+        "{}{}",
+        root.config(),
+        binding(
+            parent.pid(),
+            child.pid(),
+            "kill = \"cgroup\"\ngrace = \"1s\""
+        )
+    );
+    let mut daemon = TestDaemon::start(&config);
+    let first = root.the_cgroup();
+    assert!(procs(&first).contains(&child.pid()));
+    fs::write(tmp.path().join("go"), "").unwrap();
+    assert!(wait_until(TIMEOUT, || !pids_of(&tmp.path().join("pids")).is_empty()));
+    let escaper = pids_of(&tmp.path().join("pids"))[0].1;
+    assert!(wait_until(TIMEOUT, || procs(&first).contains(&escaper)));
+
+    daemon.stop();
+    daemon.spawn(None);
+    assert!(
+        wait_until(TIMEOUT, || !first.exists()),
+        "{}",
+        daemon.log_text()
+    );
+    let second = root.the_cgroup();
+    assert_ne!(first, second);
+    let inside = procs(&second);
+    assert!(
+        inside.contains(&child.pid()) && inside.contains(&escaper),
+        "{inside:?}"
+    );
+
+    let mut parent = parent;
+    parent.kill9();
+    child.expect_signal(Some(15), &daemon);
+    assert!(
+        wait_until(TIMEOUT, || ended(escaper)),
+        "escaper {escaper} survived"
+    );
+    assert!(
+        wait_until(TIMEOUT, || !second.exists()),
+        "{}",
+        daemon.log_text()
+    );
+}

@@ -134,6 +134,28 @@ impl<B: Backend> Daemon<B> {
         };
         let dir = place.root.join(format!("{}{}", cg::PREFIX, binding.id));
         let mount = place.mount.clone();
+        // A restored socket binding finds its cgroup again. Any other
+        // binding's id is new, so a cgroup of that name with processes
+        // in it is another's (left by a crash before the id was saved):
+        // it is never taken over, unless a bound child is in it.
+        if binding.origin == Origin::Config && cg::populated(&dir).unwrap_or(false) {
+            let relative = dir
+                .strip_prefix(&mount)
+                .map(|r| format!("/{}", r.display()))
+                .unwrap_or_default();
+            let ours = binding.children.iter().flatten().any(|c| {
+                cg::cgroup_of(c.pid.get()).ok().flatten().as_deref() == Some(relative.as_str())
+            });
+            if !ours {
+                return Err(format!(
+                    "cgroup {} already exists and holds processes this binding did not put there",
+                    dir.display()
+                ));
+            }
+        }
+        // The id must never be handed out again, crash or not: the next
+        // one is on disk before the cgroup is used.
+        self.state_dirty.mark(Dirty::Durable);
         cg::make(&dir).map_err(|e| format!("cannot create cgroup {}: {e}", dir.display()))?;
         let wd = watcher
             .add(&dir)
