@@ -58,7 +58,7 @@ fn populated(dir: &Path) -> bool {
 fn captive(n: usize) -> Vec<i32> {
     let (r, w) = pipe();
     let script = format!(
-        "i=1; while [ $i -lt {n} ]; do sleep 1000 3>&- & echo $! >&3; i=$((i+1)); done; echo $$ >&3; exec 3>&-; wait"
+        "i=1; while [ $i -lt {n} ]; do sleep 1000 3>&- & echo $! >&3; i=$((i+1)); done; echo $$ >&3; exec 3>&-; exec sleep 1000"
     );
     let w_raw = w.as_raw_fd();
     let mut cmd = Command::new("sh");
