@@ -494,3 +494,24 @@ fn a_configured_binding_adopts_its_cgroup_from_before_a_restart() {
         daemon.log_text()
     );
 }
+
+/// One tetherd per cgroup root: the names `b<id>` are each daemon's own
+/// ids, so a second daemon on the same root refuses `kill = "cgroup"`
+/// (and sweeps nothing), with the reason in `status`.
+#[test]
+fn a_second_daemon_does_not_share_a_cgroup_root() {
+    let Some(root) = CgRoot::new("lock") else {
+        return;
+    };
+    let first = TestDaemon::start(&root.config());
+    let second = TestDaemon::start(&root.config());
+    let (_, out, _) = first.ctl(&["status"]);
+    assert!(out.contains("cgroup:       available"), "{out}");
+    let (_, out, _) = second.ctl(&["status"]);
+    assert!(
+        out.contains("another tetherd uses the cgroup root"),
+        "{out}"
+    );
+    drop(first);
+    drop(second);
+}

@@ -38,6 +38,8 @@ pub struct Hold {
 #[derive(Debug)]
 pub struct Cgroups {
     place: Result<cg::Place, String>,
+    /// Held while the daemon runs: one tetherd per root.
+    _lock: Option<cg::RootLock>,
     watcher: Option<cg::Watcher>,
     wds: HashMap<i32, BindingId>,
 }
@@ -47,15 +49,16 @@ impl Cgroups {
     /// under `token`. A failure only makes `kill = "cgroup"` unavailable.
     pub fn start(root: Option<&Path>, registry: &Registry, token: Token) -> Cgroups {
         let place = cg::locate(root, true).and_then(|place| {
+            let lock = cg::lock_root(&place.root)?;
             let watcher = cg::Watcher::new()
                 .map_err(|e| format!("cannot make an inotify descriptor: {e}"))?;
             registry
                 .register(&mut SourceFd(&watcher.raw()), token, Interest::READABLE)
                 .map_err(|e| format!("cannot register the inotify descriptor: {e}"))?;
-            Ok((place, watcher))
+            Ok((place, watcher, lock))
         });
         match place {
-            Ok((place, watcher)) => {
+            Ok((place, watcher, lock)) => {
                 debug!(
                     "cgroups under {} ({}, cgroup.kill {})",
                     place.root.display(),
@@ -64,6 +67,7 @@ impl Cgroups {
                 );
                 Cgroups {
                     place: Ok(place),
+                    _lock: Some(lock),
                     watcher: Some(watcher),
                     wds: HashMap::new(),
                 }
@@ -72,6 +76,7 @@ impl Cgroups {
                 debug!("kill = \"cgroup\" is not available: {why}");
                 Cgroups {
                     place: Err(why),
+                    _lock: None,
                     watcher: None,
                     wds: HashMap::new(),
                 }

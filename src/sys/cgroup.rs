@@ -205,6 +205,28 @@ pub fn locate(root_override: Option<&Path>, create: bool) -> Result<Place, Strin
     })
 }
 
+/// An exclusive lock on a cgroup root, held while tetherd uses it: one
+/// tetherd per root (the names `b<id>` are each daemon's own ids).
+#[derive(Debug)]
+pub struct RootLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Takes the lock on `root` without waiting; refuses with the reason when
+/// another process holds it.
+pub fn lock_root(root: &Path) -> Result<RootLock, String> {
+    let dir = fs::File::open(root).map_err(|e| format!("cannot open {}: {e}", root.display()))?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(|lock| RootLock { _lock: lock })
+        .map_err(|(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => format!(
+                "another tetherd uses the cgroup root {} (one tetherd per root; set [daemon] cgroup_root)",
+                root.display()
+            ),
+            errno => format!("cannot lock {}: {errno}", root.display()),
+        })
+}
+
 /// `mkdir`, an existing directory being fine.
 pub fn make(dir: &Path) -> io::Result<()> {
     match fs::create_dir(dir) {
