@@ -515,3 +515,28 @@ fn a_second_daemon_does_not_share_a_cgroup_root() {
     drop(first);
     drop(second);
 }
+
+/// With `exec`, the command is in the binding's cgroup from its first
+/// instruction: the first thing it reads, its own /proc/self/cgroup,
+/// already names the cgroup.
+#[test]
+fn exec_runs_the_command_inside_its_cgroup_from_the_start() {
+    let Some(root) = CgRoot::new("first") else {
+        return;
+    };
+    let daemon = TestDaemon::start(&root.config());
+    let (code, out, err) =
+        daemon.ctl(&["exec", "--kill", "cgroup", "--", "cat", "/proc/self/cgroup"]);
+    assert_eq!(code, 0, "{err}");
+    let name = root.path.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("0::/") && l.ends_with(&format!("{name}/b1"))),
+        "{out}"
+    );
+    assert!(
+        wait_until(TIMEOUT, || root.cgroups().is_empty()),
+        "{}",
+        daemon.log_text()
+    );
+}
