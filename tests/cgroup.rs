@@ -389,6 +389,9 @@ fn a_user_may_put_only_their_own_processes_into_a_cgroup() {
     );
     assert_eq!(code, 0, "{err}");
     let dir = root.path.join(format!("b{}", out.trim()));
+    // The parent, the child and the cgroup count against the user's budget.
+    let (_, status, _) = ctl_as(uid, gid, &daemon, &["status"]);
+    assert!(status.contains("processes:    3 held"), "{status}");
     assert!(
         wait_until(TIMEOUT, || procs(&dir).len() >= 2),
         "{:?}",
