@@ -169,7 +169,7 @@ impl<B: Backend> Daemon<B> {
         }
         if let Origin::Socket { .. } = origin {
             self.ids.insert(public_id, id);
-            self.state_dirty.mark(Dirty::Durable);
+            self.state_dirty.binding(public_id, Dirty::Durable);
         }
         let Some(binding) = self.bindings.get_mut(id) else {
             return Ok(id);
