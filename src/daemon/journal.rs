@@ -105,9 +105,12 @@ fn frame(out: &mut Vec<u8>, payload: &[u8]) {
 
 const HEAD: usize = 18;
 
+/// Where a journal stops being good records, and why.
+type BadAt = (usize, String);
+
 /// The records of a journal's bytes with their offsets, and where and why
 /// the bytes stop being good records, if they do.
-fn parse(bytes: &[u8]) -> (Vec<(usize, &[u8])>, Option<(usize, String)>) {
+fn parse(bytes: &[u8]) -> (Vec<(usize, &[u8])>, Option<BadAt>) {
     let mut records = Vec::new();
     let mut off = 0;
     while off < bytes.len() {
