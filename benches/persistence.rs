@@ -7,9 +7,12 @@
 //! on the netlink backend by default, with RLIMIT_NOFILE raised so that
 //! the daemon's descriptor budget admits 100,000 bindings.
 //!
+//! Then it binds and unbinds `--churn` times at the top level, so that
+//! compactions happen, and reports the slowest bind among them.
+//!
 //! Run with `cargo bench --bench persistence [-- --levels 0,1000,10000,100000
-//! --samples 200 --backend netlink --tetherd PATH]` (`--tetherd` measures
-//! another build, e.g. main's, with the same client).
+//! --samples 200 --churn 10000 --backend netlink --tetherd PATH]`
+//! (`--tetherd` measures another build, e.g. main's, with the same client).
 
 #![allow(
     clippy::print_stdout,
@@ -332,6 +335,42 @@ fn main() {
             levels[0]
         );
     }
+    // Churn at the top level: bind and unbind one at a time, long enough
+    // for several compactions, to show what they cost the loop (they run
+    // in a thread; the loop only starts a new journal).
+    let generation = |daemon: &Daemon| -> u64 {
+        let text = std::fs::read_to_string(daemon.state()).unwrap_or_default();
+        text.split("\"journal\":")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0)
+    };
+    let churn = arg("--churn").map_or(10_000, |s| s.parse().unwrap());
+    let before = generation(&daemon);
+    let mut times = Vec::with_capacity(churn);
+    for _ in 0..churn {
+        let t0 = Instant::now();
+        let answer = client.round_trip(bind.as_bytes());
+        times.push(t0.elapsed());
+        let id: u64 = answer
+            .split("\"id\":")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap();
+        client.round_trip(format!("{{\"v\":1,\"op\":\"unbind\",\"id\":{id}}}\n").as_bytes());
+    }
+    let after = generation(&daemon);
+    let max = *times.iter().max().unwrap();
+    let (med, p99) = median(times);
+    println!(
+        "Churn at {held} bindings, {churn} binds each unbound again: bind median {:.3} ms, p99 {:.3} ms, max {:.3} ms; the snapshot went from journal generation {before} to {after} (compactions in a background thread).",
+        ms(med),
+        ms(p99),
+        ms(max)
+    );
+
     // Restart with what is held (snapshot and whatever journal is left).
     drop(client);
     daemon.kill9();

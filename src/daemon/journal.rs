@@ -48,6 +48,11 @@ pub const JOURNAL_VERSION: u32 = 2;
 /// snapshot.
 pub const MIN_COMPACT_BYTES: u64 = 256 * 1024;
 
+/// A journal this long is closed and the next one started, even while a
+/// compaction runs, so that no file outgrows what a load reads
+/// (`MAX_FILE_BYTES`).
+const MAX_JOURNAL_BYTES: u64 = 16 * 1024 * 1024;
+
 /// What a journal holds: how its snapshot is read and written, and how a
 /// record changes what it holds.
 pub trait Log: 'static {
@@ -489,6 +494,9 @@ impl<L: Log> Journal<L> {
         self.pending = pending;
         self.pending.clear();
         result?;
+        if self.file_len >= MAX_JOURNAL_BYTES {
+            self.close_generation();
+        }
         self.maybe_compact();
         Ok(())
     }

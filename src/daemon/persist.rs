@@ -82,15 +82,21 @@ impl<B: Backend> Daemon<B> {
                 state.path().display()
             )
         };
+        let level = self.state_dirty.level;
         if self.state.needs_full() {
+            // After a failure, tried again only when something must be
+            // written: it costs as much as the bindings held.
+            if self.state_dirty.full_failed && (level == Dirty::Clean || level < at_least) {
+                return Ok(());
+            }
             let saved = self.saved_bindings();
-            self.state
-                .save_bindings(saved, self.next_id)
-                .map_err(|err| failed(&self.state, err))?;
+            if let Err(err) = self.state.save_bindings(saved, self.next_id) {
+                self.state_dirty.full_failed = true;
+                return Err(failed(&self.state, err));
+            }
             self.state_dirty = Changes::default();
             return Ok(());
         }
-        let level = self.state_dirty.level;
         let lazy_due = self.state_dirty.touched.len() >= LAZY_BATCH;
         if level == Dirty::Clean || (level < at_least && !lazy_due) {
             return Ok(());
@@ -223,6 +229,8 @@ pub(super) enum Dirty {
 pub(super) struct Changes {
     level: Dirty,
     touched: Vec<u64>,
+    /// Whether the whole write that follows a load failed.
+    full_failed: bool,
 }
 
 impl Changes {
