@@ -1579,8 +1579,33 @@ mod journal_tests {
         pins.record(EntryKey(5), pid(101), one);
         file.save_pins(&mut pins).unwrap();
         assert!(journal::journal_path(file.pins_path(), 2).exists());
-        let pins = StateFile::new(path, "b".into()).load().pins;
+        let pins = StateFile::new(path.clone(), "b".into()).load().pins;
         assert_eq!(pins.len(), 2);
         assert_eq!(pins.get(EntryKey(5), pid(101)), Some(Pin::ThisBoot(one)));
+
+        // A torn tail of the pins journal: the pins before it are kept.
+        let journal = journal::journal_path(file.pins_path(), 2);
+        pins_torn(&journal);
+        let mut again = StateFile::new(path, "b".into());
+        let loaded = again.load();
+        let warning = loaded.warning.unwrap();
+        assert!(
+            warning.contains(&format!("{}: torn or corrupt record", journal.display())),
+            "{warning}"
+        );
+        assert_eq!(
+            loaded.pins.get(EntryKey(5), pid(101)),
+            Some(Pin::ThisBoot(one))
+        );
+        let mut pins = loaded.pins;
+        pins.record(EntryKey(5), pid(102), one);
+        again.save_pins(&mut pins).unwrap();
+        assert!(!journal.exists(), "set aside at the whole write");
+    }
+
+    fn pins_torn(journal: &Path) {
+        let mut bytes = fs::read(journal).unwrap();
+        bytes.extend_from_slice(b"00000040 00000000 {\"pin\"");
+        fs::write(journal, bytes).unwrap();
     }
 }
