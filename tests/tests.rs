@@ -50,6 +50,8 @@ mod exec;
 #[cfg(target_os = "linux")]
 mod hostile;
 #[cfg(target_os = "linux")]
+mod journal;
+#[cfg(target_os = "linux")]
 mod kill_modes;
 #[cfg(target_os = "linux")]
 mod lifecycle;

@@ -411,7 +411,7 @@ impl<B: Backend> Daemon<B> {
         // once: if the daemon dies first, it is restored and found done
         // again. An unbind, which is acknowledged, asks for durability.
         if matches!(binding.origin, Origin::Socket { .. }) {
-            self.state_dirty.mark(Dirty::Lazy);
+            self.state_dirty.binding(binding.id, Dirty::Lazy);
         }
     }
 

@@ -179,7 +179,7 @@ impl<B: Backend> Daemon<B> {
         }
         if let Origin::Socket { .. } = origin {
             self.ids.insert(public_id, id);
-            self.state_dirty.mark(Dirty::Durable);
+            self.state_dirty.binding(public_id, Dirty::Durable);
         }
         let captive_lives = self.cgroup_populated(id);
         let Some(binding) = self.bindings.get_mut(id) else {

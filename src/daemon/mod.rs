@@ -22,6 +22,7 @@ mod budget;
 mod cgroup;
 mod closer;
 mod control;
+mod journal;
 mod persist;
 pub mod pidfile;
 mod reload;
@@ -268,7 +269,7 @@ pub struct Daemon<B: Backend> {
     state: StateFile,
     /// Whether socket bindings changed since the state file was written,
     /// and whether the change must be on disk before anyone is told.
-    state_dirty: Dirty,
+    state_dirty: persist::Changes,
     options: Options,
     /// `[defaults]`, for socket bindings that leave options out.
     defaults: Defaults,
@@ -326,7 +327,7 @@ impl<B: Backend> Daemon<B> {
             .or_else(|| config.daemon.state.clone())
             .unwrap_or_else(crate::paths::default_state);
         let boot_id = watcher.boot_id()?;
-        let state = StateFile::new(state_path, boot_id);
+        let mut state = StateFile::new(state_path, boot_id);
         let loaded = state.load();
         if let Some(warning) = &loaded.warning {
             warn!("{warning}");
@@ -363,7 +364,7 @@ impl<B: Backend> Daemon<B> {
             pins: loaded.pins,
             pidfile_entries: HashMap::new(),
             state,
-            state_dirty: Dirty::Clean,
+            state_dirty: persist::Changes::default(),
             options,
             defaults: config.defaults,
             max_per_uid: config.daemon.max_bindings_per_uid,

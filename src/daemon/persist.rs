@@ -56,9 +56,13 @@ impl<B: Backend> Daemon<B> {
 
     /// Writes the pins and the state file if anything in them changed.
     /// A lazy change alone (a socket binding that is done) waits for the
-    /// next durable write or for the daemon's exit: writing it costs time
-    /// in the loop, and a stale entry is harmless, since at restore its
-    /// processes are found gone or not the pinned ones.
+    /// next durable write, for [`LAZY_BATCH`] of them, or for the daemon's
+    /// exit: a stale entry is harmless, since at restore its processes
+    /// are found gone or not the pinned ones.
+    ///
+    /// What is written is a journal record per binding that changed (see
+    /// `journal`), so its cost does not grow with the bindings held; the
+    /// first write after a load is a whole snapshot instead.
     pub(super) fn save_state(&mut self) -> Result<(), String> {
         self.save_state_if(Dirty::Durable)
     }
@@ -72,58 +76,106 @@ impl<B: Backend> Daemon<B> {
                 )
             })?;
         }
-        if self.state_dirty == Dirty::Clean || self.state_dirty < at_least {
+        let failed = |state: &StateFile, err: io::Error| {
+            format!(
+                "cannot write the state file {}: {err}",
+                state.path().display()
+            )
+        };
+        let level = self.state_dirty.level;
+        if self.state.needs_full() {
+            // After a failure, tried again only when something must be
+            // written: it costs as much as the bindings held.
+            if self.state_dirty.full_failed && (level == Dirty::Clean || level < at_least) {
+                return Ok(());
+            }
+            let saved = self.saved_bindings();
+            if let Err(err) = self.state.save_bindings(saved, self.next_id) {
+                self.state_dirty.full_failed = true;
+                return Err(failed(&self.state, err));
+            }
+            self.state_dirty = Changes::default();
             return Ok(());
         }
-        let saved = self.saved_bindings();
-        let durable = self.state_dirty == Dirty::Durable;
-        match self.state.save_bindings(saved, self.next_id, durable) {
+        let lazy_due = self.state_dirty.touched.len() >= LAZY_BATCH;
+        if level == Dirty::Clean || (level < at_least && !lazy_due) {
+            return Ok(());
+        }
+        let durable = level == Dirty::Durable;
+        let mut touched = std::mem::take(&mut self.state_dirty.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        let mut bound = Vec::new();
+        let mut unbound = Vec::new();
+        for &public_id in &touched {
+            let live = self
+                .ids
+                .get(&public_id)
+                .and_then(|&id| self.bindings.get(id))
+                .and_then(|binding| self.saved_binding(binding));
+            match live {
+                Some(saved) if !self.state.holds(public_id) => bound.push(saved),
+                None if self.state.holds(public_id) => unbound.push(public_id),
+                _ => {}
+            }
+        }
+        match self
+            .state
+            .append_bindings(&bound, &unbound, self.next_id, durable)
+        {
             Ok(()) => {
-                self.state_dirty = Dirty::Clean;
+                self.state_dirty = Changes::default();
                 Ok(())
             }
-            Err(err) => Err(format!(
-                "cannot write the state file {}: {err}",
-                self.state.path().display()
-            )),
+            Err(err) => {
+                self.state_dirty.touched = touched;
+                Err(failed(&self.state, err))
+            }
         }
     }
 
     /// The socket bindings as the state file keeps them.
     pub(super) fn saved_bindings(&self) -> Vec<SavedBinding> {
-        let boot_id = self.state.boot_id().to_owned();
         self.bindings
             .iter()
-            .filter_map(|(_, binding)| {
-                let Origin::Socket { uid } = binding.origin else {
-                    return None;
-                };
-                if binding.phase == Phase::Done {
-                    return None;
-                }
-                let spec = &binding.spec;
-                let children = spec
-                    .children
-                    .iter()
-                    .zip(&binding.children)
-                    .filter(|(_, live)| live.is_some())
-                    .map(|(child, _)| saved_proc(child))
-                    .collect();
-                Some(SavedBinding {
-                    id: binding.id,
-                    uid,
-                    name: spec.name.clone(),
-                    boot_id: boot_id.clone(),
-                    parent: saved_proc(&spec.parent),
-                    children,
-                    signal: spec.signal.to_string(),
-                    grace: spec.grace.to_string(),
-                    kill: spec.kill.to_string(),
-                })
-            })
+            .filter_map(|(_, binding)| self.saved_binding(binding))
             .collect()
     }
+
+    /// A socket binding as the state file keeps it; `None` for a
+    /// configured binding or one that is done.
+    fn saved_binding(&self, binding: &Binding<B::Handle>) -> Option<SavedBinding> {
+        let Origin::Socket { uid } = binding.origin else {
+            return None;
+        };
+        if binding.phase == Phase::Done {
+            return None;
+        }
+        let spec = &binding.spec;
+        let children = spec
+            .children
+            .iter()
+            .zip(&binding.children)
+            .filter(|(_, live)| live.is_some())
+            .map(|(child, _)| saved_proc(child))
+            .collect();
+        Some(SavedBinding {
+            id: binding.id,
+            uid,
+            name: spec.name.clone(),
+            boot_id: self.state.boot_id().to_owned(),
+            parent: saved_proc(&spec.parent),
+            children,
+            signal: spec.signal.to_string(),
+            grace: spec.grace.to_string(),
+            kill: spec.kill.to_string(),
+        })
+    }
 }
+
+/// Finished socket bindings left for a durable write are written lazily
+/// (without fsync) once there are this many.
+const LAZY_BATCH: usize = 1024;
 
 /// A saved process as a pinned spec.
 pub(super) fn saved_proc(spec: &ProcSpec) -> SavedProc {
@@ -159,9 +211,10 @@ pub(super) fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
 }
 
 /// How urgently the state file must be written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(super) enum Dirty {
     /// Nothing changed.
+    #[default]
     Clean,
     /// Write it, without fsync.
     Lazy,
@@ -169,8 +222,26 @@ pub(super) enum Dirty {
     Durable,
 }
 
-impl Dirty {
+/// What changed since the state file was written: how urgently it must
+/// be written, and the socket bindings (by public id) whose records may
+/// need writing.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    level: Dirty,
+    touched: Vec<u64>,
+    /// Whether the whole write that follows a load failed.
+    full_failed: bool,
+}
+
+impl Changes {
+    /// Something changed that needs no record of its own.
     pub(super) fn mark(&mut self, level: Dirty) {
-        *self = (*self).max(level);
+        self.level = self.level.max(level);
+    }
+
+    /// Socket binding `public_id` was made or went.
+    pub(super) fn binding(&mut self, public_id: u64, level: Dirty) {
+        self.mark(level);
+        self.touched.push(public_id);
     }
 }

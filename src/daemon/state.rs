@@ -41,8 +41,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::{BindingSpec, Pid, PidSource, PidfileBindingSpec, ProcSpec};
 use crate::watch::Identity;
 
+use super::journal::{self, Journal, Log};
+
 /// The version written in the file; a different one is refused.
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = journal::JOURNAL_VERSION;
 
 /// The largest state or pins file read back (64 MiB: about 700,000 pins,
 /// far more than the bindings of any host).
@@ -155,6 +157,11 @@ pub struct Pins {
     /// The last retirement round; `PackedPin::retired` counts these.
     round: u32,
     dirty: bool,
+    /// Pins recorded since the last save, appended to the journal.
+    changed: Vec<(EntryKey, Pid)>,
+    /// Whether the next save writes the pins whole (after a load or
+    /// reload, which touched them all anyway).
+    full: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -166,6 +173,15 @@ struct PackedPin {
     boot: u32,
     /// 0 while its entry is configured, else the round it left in.
     retired: u32,
+}
+
+impl PackedPin {
+    fn identity(&self) -> Identity {
+        Identity {
+            start: self.start,
+            inode: (self.inode != 0).then_some(self.inode),
+        }
+    }
 }
 
 impl Pins {
@@ -197,6 +213,7 @@ impl Pins {
         }
         if let Some(&legacy) = self.map.get(&(EntryKey::LEGACY, pid)) {
             self.map.insert((entry, pid), legacy);
+            self.changed.push((entry, pid));
             self.dirty = true;
         }
     }
@@ -204,6 +221,7 @@ impl Pins {
     /// Records the identity `entry` first saw at `pid`.
     pub fn record(&mut self, entry: EntryKey, pid: Pid, identity: Identity) {
         self.insert(entry, pid, identity, 0, 0);
+        self.changed.push((entry, pid));
         self.dirty = true;
     }
 
@@ -281,8 +299,10 @@ impl Pins {
                 self.map.remove(key);
             }
         }
-        if changed || self.map.len() != before {
+        if changed || self.map.len() != before || !self.changed.is_empty() {
+            // A load or reload costs as much as writing every pin.
             self.dirty = true;
+            self.full = true;
         }
     }
 
@@ -298,19 +318,25 @@ impl Pins {
         this_boot: &'a str,
     ) -> impl Iterator<Item = (EntryKey, Pid, Identity, &'a str, u32)> + 'a {
         self.map.iter().map(move |((entry, pid), packed)| {
-            let boot = match packed.boot {
-                0 => this_boot,
-                n => self
-                    .earlier_boots
-                    .get(usize::try_from(n - 1).unwrap_or(usize::MAX))
-                    .map_or("unknown", |b| &**b),
-            };
-            let identity = Identity {
-                start: packed.start,
-                inode: (packed.inode != 0).then_some(packed.inode),
-            };
-            (*entry, *pid, identity, boot, packed.retired)
+            (
+                *entry,
+                *pid,
+                packed.identity(),
+                self.boot_of(packed, this_boot),
+                packed.retired,
+            )
         })
+    }
+
+    /// The boot id a pin was taken in (`this_boot` for the current one).
+    fn boot_of<'a>(&'a self, packed: &PackedPin, this_boot: &'a str) -> &'a str {
+        match packed.boot {
+            0 => this_boot,
+            n => self
+                .earlier_boots
+                .get(usize::try_from(n - 1).unwrap_or(usize::MAX))
+                .map_or("unknown", |b| &**b),
+        }
     }
 
     /// How many pins are recorded.
@@ -335,34 +361,176 @@ impl Pins {
 }
 
 /// The state on disk: the state file (socket bindings) and, beside it, the
-/// pins file (`state.pins.json` for `state.json`).
-#[derive(Debug)]
+/// pins file (`state.pins.json` for `state.json`), each a snapshot and the
+/// journals of what changed since (see `journal`).
 pub struct StateFile {
     path: PathBuf,
     pins_path: PathBuf,
     boot_id: String,
+    bindings_log: Journal<BindingsLog>,
+    pins_log: Journal<PinsLog>,
+    /// The ids of the socket bindings the state file holds (or may hold,
+    /// after a failed write): an unbind of one of these is journalled.
+    written: HashSet<u64>,
+    /// The next id the state file holds.
+    written_next_id: u64,
 }
 
-/// The state file proper: socket bindings, small and rewritten on every
-/// bind, so a bind's fsync does not grow with the number of config pins.
+impl std::fmt::Debug for StateFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateFile")
+            .field("path", &self.path)
+            .field("bindings_log", &self.bindings_log)
+            .field("pins_log", &self.pins_log)
+            .field("n_written", &self.written.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state file's snapshot: socket bindings, and the first journal
+/// generation it does not cover (version 1, before journals, had none).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BindingsOnDisk {
     version: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    journal: u64,
     #[serde(default)]
     next_id: u64,
     #[serde(default)]
     bindings: Vec<SavedBinding>,
 }
 
-/// The pins file beside it: rewritten only when configured pids are first
-/// seen or forgotten (at load and reload).
+/// [`BindingsOnDisk`], written from borrowed bindings.
+#[derive(Serialize)]
+struct BindingsOut<'a> {
+    version: u32,
+    journal: u64,
+    next_id: u64,
+    bindings: Vec<&'a SavedBinding>,
+}
+
+/// The pins file's snapshot: written whole at load and reload; pins first
+/// seen in between are journalled.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PinsOnDisk {
     version: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    journal: u64,
     #[serde(default)]
     pins: Vec<PinRecord>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A record of the state file's journal: `{"bound":{...}}`,
+/// `{"unbound":7}`, `{"next_id":9}`. A binding's fields may grow (optional
+/// ones, read with their default by older records).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum BindingRecord {
+    Bound(SavedBinding),
+    Unbound(u64),
+    NextId(u64),
+}
+
+/// A record of the pins file's journal: `{"pin":{...}}`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum PinsJournalRecord {
+    Pin(PinRecord),
+}
+
+/// The state file's snapshot and journal folded.
+#[derive(Debug, Default)]
+pub(super) struct BindingsValue {
+    next_id: u64,
+    bindings: std::collections::BTreeMap<u64, SavedBinding>,
+}
+
+#[derive(Debug)]
+pub(super) struct BindingsLog;
+
+impl Log for BindingsLog {
+    type Value = BindingsValue;
+
+    fn decode(bytes: &[u8]) -> Result<(BindingsValue, u64), String> {
+        let on_disk: BindingsOnDisk = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        check_version(on_disk.version)?;
+        let bindings = on_disk.bindings.into_iter().map(|b| (b.id, b)).collect();
+        Ok((
+            BindingsValue {
+                next_id: on_disk.next_id,
+                bindings,
+            },
+            on_disk.journal,
+        ))
+    }
+
+    fn apply(value: &mut BindingsValue, record: &[u8]) -> Result<(), String> {
+        match serde_json::from_slice(record).map_err(|e| e.to_string())? {
+            BindingRecord::Bound(binding) => {
+                value.next_id = value.next_id.max(binding.id.saturating_add(1));
+                value.bindings.insert(binding.id, binding);
+            }
+            BindingRecord::Unbound(id) => {
+                value.bindings.remove(&id);
+            }
+            BindingRecord::NextId(next) => value.next_id = value.next_id.max(next),
+        }
+        Ok(())
+    }
+
+    fn encode(value: &BindingsValue, generation: u64) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(&BindingsOut {
+            version: STATE_VERSION,
+            journal: generation,
+            next_id: value.next_id,
+            bindings: value.bindings.values().collect(),
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct PinsLog;
+
+impl Log for PinsLog {
+    /// Pin records by entry (0 for legacy ones) and pid.
+    type Value = std::collections::BTreeMap<(u64, i32), PinRecord>;
+
+    fn decode(bytes: &[u8]) -> Result<(Self::Value, u64), String> {
+        let on_disk: PinsOnDisk = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        check_version(on_disk.version)?;
+        let pins = on_disk
+            .pins
+            .into_iter()
+            .map(|p| ((p.entry.unwrap_or(EntryKey::LEGACY.0), p.pid), p))
+            .collect();
+        Ok((pins, on_disk.journal))
+    }
+
+    fn apply(value: &mut Self::Value, record: &[u8]) -> Result<(), String> {
+        match serde_json::from_slice(record).map_err(|e| e.to_string())? {
+            PinsJournalRecord::Pin(p) => {
+                value.insert((p.entry.unwrap_or(EntryKey::LEGACY.0), p.pid), p);
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(value: &Self::Value, generation: u64) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(&PinsOnDisk {
+            version: STATE_VERSION,
+            journal: generation,
+            pins: value.values().cloned().collect(),
+        })
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// A socket binding as the state file keeps it.
@@ -414,11 +582,13 @@ pub struct Loaded {
     pub next_id: u64,
     /// Why the file was not used, if it was not.
     pub warning: Option<String>,
+    /// Journal records replayed.
+    pub n_records: usize,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PinRecord {
+pub(super) struct PinRecord {
     /// The entry that took the pin ([`EntryKey`]); missing in files written
     /// before pins had entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -438,9 +608,13 @@ impl StateFile {
     pub fn new(path: PathBuf, boot_id: String) -> Self {
         let pins_path = path.with_extension("pins.json");
         StateFile {
+            bindings_log: Journal::new(path.clone(), "state file"),
+            pins_log: Journal::new(pins_path.clone(), "pins file"),
             path,
             pins_path,
             boot_id,
+            written: HashSet::new(),
+            written_next_id: 0,
         }
     }
 
@@ -459,10 +633,13 @@ impl StateFile {
         &self.boot_id
     }
 
-    /// Reads the state. A missing file is an empty state. A file that
-    /// cannot be read or parsed is moved aside (the warning says where) and
-    /// the daemon goes on without it.
-    pub fn load(&self) -> Loaded {
+    /// Reads the state: each snapshot and its journals. A missing file is
+    /// an empty state. A snapshot that cannot be read or parsed is moved
+    /// aside (the warning says where) and the daemon goes on without it; a
+    /// journal's torn or corrupt tail is left out with a warning naming
+    /// the file and offset, and the journal is set aside at the first
+    /// write, which is a whole snapshot.
+    pub fn load(&mut self) -> Loaded {
         let mut loaded = Loaded::default();
         if let Err(why) = check_dir(state_dir(&self.path)) {
             if why.kind() != io::ErrorKind::NotFound {
@@ -475,25 +652,31 @@ impl StateFile {
             return loaded;
         }
         let mut warnings = Vec::new();
-        match read_or_set_aside(&self.path, "state file", |bytes| {
-            let on_disk: BindingsOnDisk =
-                serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-            check_version(on_disk.version)?;
-            Ok(on_disk)
-        }) {
-            Ok(Some(on_disk)) => {
-                loaded.bindings = on_disk.bindings;
-                loaded.next_id = on_disk.next_id;
+        match journal::read::<BindingsLog>(&self.path, "state file", None) {
+            Ok(mut read) => {
+                warnings.append(&mut read.warnings);
+                self.bindings_log.loaded(&mut read);
+                loaded.next_id = read.value.next_id;
+                loaded.bindings = std::mem::take(&mut read.value.bindings)
+                    .into_values()
+                    .collect();
+                loaded.n_records = read.n_records;
             }
-            Ok(None) => {}
-            Err(warning) => warnings.push(warning),
+            Err(why) => warnings.push(why),
         }
-        match read_or_set_aside(&self.pins_path, "pins file", |bytes| {
-            self.decode_pins(bytes)
-        }) {
-            Ok(Some(pins)) => loaded.pins = pins,
-            Ok(None) => {}
-            Err(warning) => warnings.push(warning),
+        match journal::read::<PinsLog>(&self.pins_path, "pins file", None) {
+            Ok(mut read) => {
+                warnings.append(&mut read.warnings);
+                self.pins_log.loaded(&mut read);
+                match self.pins_of(std::mem::take(&mut read.value).into_values()) {
+                    Ok(pins) => loaded.pins = pins,
+                    Err(why) => warnings.push(format!(
+                        "{}: pins left out: {why}",
+                        self.pins_path.display()
+                    )),
+                }
+            }
+            Err(why) => warnings.push(why),
         }
         if !warnings.is_empty() {
             loaded.warning = Some(warnings.join("; "));
@@ -501,11 +684,9 @@ impl StateFile {
         loaded
     }
 
-    fn decode_pins(&self, bytes: &[u8]) -> Result<Pins, String> {
-        let on_disk: PinsOnDisk = serde_json::from_slice(bytes).map_err(|err| err.to_string())?;
-        check_version(on_disk.version)?;
+    fn pins_of(&self, records: impl Iterator<Item = PinRecord>) -> Result<Pins, String> {
         let mut pins = Pins::default();
-        for record in on_disk.pins {
+        for record in records {
             let pid = Pid::try_from(i64::from(record.pid))?;
             let identity = Identity {
                 start: record.start,
@@ -523,54 +704,150 @@ impl StateFile {
         Ok(pins)
     }
 
-    /// Writes the socket bindings atomically; with `durable`, also fsyncs
-    /// (before a bind or unbind is acknowledged).
-    pub fn save_bindings(
-        &self,
-        bindings: Vec<SavedBinding>,
+    /// Whether the next write of the bindings must be whole (the first
+    /// after a load).
+    pub fn needs_full(&self) -> bool {
+        self.bindings_log.needs_full()
+    }
+
+    /// Writes the socket bindings whole, durably: a new snapshot, and the
+    /// journals it covers removed.
+    pub fn save_bindings(&mut self, bindings: Vec<SavedBinding>, next_id: u64) -> io::Result<()> {
+        self.bindings_log.write_full(|generation| {
+            serde_json::to_vec(&BindingsOut {
+                version: STATE_VERSION,
+                journal: generation,
+                next_id,
+                bindings: bindings.iter().collect(),
+            })
+            .map_err(|e| e.to_string())
+        })?;
+        self.written = bindings.iter().map(|b| b.id).collect();
+        self.written_next_id = next_id;
+        Ok(())
+    }
+
+    /// Whether the state file holds (or may hold) socket binding `id`.
+    pub fn holds(&self, id: u64) -> bool {
+        self.written.contains(&id)
+    }
+
+    /// Appends what changed to the journal, with one write (and with
+    /// `durable` one fdatasync): `bound` bindings new to the file, ids in
+    /// `unbound` it no longer holds, and the next id if it grew. On
+    /// failure nothing is taken as written, except that a binding whose
+    /// record may have reached the file is still journalled as unbound
+    /// when it goes.
+    pub fn append_bindings(
+        &mut self,
+        bound: &[SavedBinding],
+        unbound: &[u64],
         next_id: u64,
         durable: bool,
     ) -> io::Result<()> {
-        let on_disk = BindingsOnDisk {
-            version: STATE_VERSION,
-            next_id,
-            bindings,
+        let mut next = self.written_next_id;
+        let push = |log: &mut Journal<BindingsLog>, record: &BindingRecord| {
+            serde_json::to_vec(record)
+                .map(|bytes| log.push(&bytes))
+                .map_err(io::Error::other)
         };
-        let bytes = serde_json::to_vec(&on_disk).map_err(io::Error::other)?;
-        write_atomically(&self.path, &bytes, durable)
+        for binding in bound {
+            push(
+                &mut self.bindings_log,
+                &BindingRecord::Bound(binding.clone()),
+            )?;
+            next = next.max(binding.id.saturating_add(1));
+            self.written.insert(binding.id);
+        }
+        for &id in unbound {
+            push(&mut self.bindings_log, &BindingRecord::Unbound(id))?;
+        }
+        if next_id > next {
+            push(&mut self.bindings_log, &BindingRecord::NextId(next_id))?;
+            next = next_id;
+        }
+        self.bindings_log.commit(durable)?;
+        for id in unbound {
+            self.written.remove(id);
+        }
+        self.written_next_id = next;
+        Ok(())
     }
 
-    /// Writes the pins atomically and durably, and marks them clean.
-    pub fn save_pins(&self, pins: &mut Pins) -> io::Result<()> {
-        let mut records: Vec<PinRecord> = pins
-            .records(&self.boot_id)
-            .map(|(entry, pid, identity, boot_id, retired)| PinRecord {
-                entry: Some(entry.0),
-                pid: pid.get(),
-                start: identity.start,
-                inode: identity.inode,
-                boot_id: boot_id.to_owned(),
-                retired: (retired != 0).then_some(retired),
-            })
-            .collect();
-        records.sort_by_key(|r| (r.pid, r.entry));
-        let on_disk = PinsOnDisk {
-            version: STATE_VERSION,
-            pins: records,
-        };
-        let bytes = serde_json::to_vec(&on_disk).map_err(io::Error::other)?;
-        write_atomically(&self.pins_path, &bytes, true)?;
+    /// Writes the pins: whole after a load or reload, else the pins
+    /// recorded since as journal records; durably; marks them clean.
+    pub fn save_pins(&mut self, pins: &mut Pins) -> io::Result<()> {
+        if pins.full || self.pins_log.needs_full() {
+            let mut records: Vec<PinRecord> = pins
+                .records(&self.boot_id)
+                .map(|(entry, pid, identity, boot_id, retired)| {
+                    pin_record(entry, pid, identity, boot_id, retired)
+                })
+                .collect();
+            records.sort_by_key(|r| (r.pid, r.entry));
+            self.pins_log.write_full(|generation| {
+                serde_json::to_vec(&PinsOnDisk {
+                    version: STATE_VERSION,
+                    journal: generation,
+                    pins: records,
+                })
+                .map_err(|e| e.to_string())
+            })?;
+        } else {
+            for key in std::mem::take(&mut pins.changed) {
+                let Some(packed) = pins.map.get(&key) else {
+                    continue;
+                };
+                let (entry, pid) = key;
+                let record = pin_record(
+                    entry,
+                    pid,
+                    packed.identity(),
+                    pins.boot_of(packed, &self.boot_id),
+                    packed.retired,
+                );
+                let bytes = serde_json::to_vec(&PinsJournalRecord::Pin(record))
+                    .map_err(io::Error::other)?;
+                self.pins_log.push(&bytes);
+            }
+            if let Err(err) = self.pins_log.commit(true) {
+                // What was queued is gone: write them all next time.
+                pins.full = true;
+                return Err(err);
+            }
+        }
+        pins.changed.clear();
+        pins.full = false;
         pins.dirty = false;
         Ok(())
     }
 }
 
+fn pin_record(
+    entry: EntryKey,
+    pid: Pid,
+    identity: Identity,
+    boot_id: &str,
+    retired: u32,
+) -> PinRecord {
+    PinRecord {
+        entry: Some(entry.0),
+        pid: pid.get(),
+        start: identity.start,
+        inode: identity.inode,
+        boot_id: boot_id.to_owned(),
+        retired: (retired != 0).then_some(retired),
+    }
+}
+
 fn check_version(version: u32) -> Result<(), String> {
-    if version == STATE_VERSION {
+    // Version 1 is the format before journals: read, and replaced by a
+    // version 2 snapshot at the first write.
+    if version == STATE_VERSION || version == 1 {
         Ok(())
     } else {
         Err(format!(
-            "version {version} (this tetherd reads version {STATE_VERSION})"
+            "version {version} (this tetherd reads versions 1 and {STATE_VERSION})"
         ))
     }
 }
@@ -578,7 +855,7 @@ fn check_version(version: u32) -> Result<(), String> {
 /// Reads and decodes `path`: `Ok(None)` if it does not exist, `Err` with a
 /// warning if it cannot be read or decoded (then it is moved aside, so the
 /// daemon starts rather than crash-loops, and the file stays for a look).
-fn read_or_set_aside<T>(
+pub(super) fn read_or_set_aside<T>(
     path: &Path,
     what: &str,
     decode: impl FnOnce(&[u8]) -> Result<T, String>,
@@ -624,7 +901,7 @@ fn read_or_set_aside<T>(
 }
 
 /// Why a file was not read.
-enum Unread {
+pub(super) enum Unread {
     /// The read failed.
     Io(io::Error),
     /// The file is not one the daemon may trust; says why.
@@ -635,7 +912,7 @@ enum Unread {
 /// a regular file (never following a symlink, never blocking on a FIFO),
 /// owned by the daemon's euid, not writable by group or others, and at
 /// most [`MAX_FILE_BYTES`] long. `Ok(None)` if there is no file.
-fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, Unread> {
+pub(super) fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>, Unread> {
     match fs::symlink_metadata(path) {
         Ok(meta) => check_file(&meta)?,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -707,7 +984,7 @@ fn check_file(meta: &fs::Metadata) -> Result<(), Unread> {
 }
 
 /// The directory holding `path`.
-fn state_dir(path: &Path) -> &Path {
+pub(super) fn state_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -723,7 +1000,7 @@ fn state_dir(path: &Path) -> &Path {
 /// root: its files are still refused unless they are the daemon's, and
 /// root must not keep its state where any user can create names. A
 /// missing directory is `NotFound`.
-fn check_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn check_dir(dir: &Path) -> io::Result<()> {
     let me = nix::unistd::geteuid().as_raw();
     let real = fs::canonicalize(dir)?;
     for (depth, ancestor) in real.ancestors().enumerate() {
@@ -807,7 +1084,7 @@ fn unpredictable() -> u64 {
     hasher.finish()
 }
 
-fn set_aside(path: &Path) -> io::Result<PathBuf> {
+pub(super) fn set_aside(path: &Path) -> io::Result<PathBuf> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -863,7 +1140,7 @@ mod tests {
     fn round_trip_keeps_boot_of_each_pin() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/state.json");
-        let file = StateFile::new(path.clone(), "boot-a".into());
+        let mut file = StateFile::new(path.clone(), "boot-a".into());
         let mut pins = Pins::default();
         let entry = EntryKey(42);
         pins.record(
@@ -894,7 +1171,7 @@ mod tests {
             kill: "process".into(),
         };
         file.save_pins(&mut pins).unwrap();
-        file.save_bindings(vec![saved.clone()], 8, true).unwrap();
+        file.save_bindings(vec![saved.clone()], 8).unwrap();
         assert!(!pins.is_dirty());
 
         let same_boot = file.load();
@@ -1055,7 +1332,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let file = StateFile::new(path.clone(), "b".into());
+        let mut file = StateFile::new(path.clone(), "b".into());
         nix::unistd::mkfifo(
             file.pins_path(),
             nix::sys::stat::Mode::from_bits_truncate(0o600),
@@ -1128,5 +1405,207 @@ mod tests {
         fs::write(&path, br#"{"version": 99}"#).unwrap();
         let loaded = StateFile::new(path, "b".into()).load();
         assert!(loaded.warning.unwrap().contains("version 99"));
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+
+    fn binding(id: u64) -> SavedBinding {
+        SavedBinding {
+            id,
+            uid: 0,
+            name: None,
+            boot_id: "b".into(),
+            parent: SavedProc {
+                pid: 10,
+                start: 1,
+                inode: None,
+            },
+            children: vec![SavedProc {
+                pid: 11,
+                start: 2,
+                inode: None,
+            }],
+            signal: "SIGTERM".into(),
+            grace: "5s".into(),
+            kill: "process".into(),
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn records_are_replayed_and_a_torn_tail_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut file = StateFile::new(path.clone(), "b".into());
+        assert!(file.load().warning.is_none());
+        file.save_bindings(vec![binding(1)], 2).unwrap();
+        file.append_bindings(&[binding(2), binding(3)], &[], 4, true)
+            .unwrap();
+        file.append_bindings(&[], &[2], 9, true).unwrap();
+        drop(file);
+        let journal = journal::journal_path(&path, 2);
+        assert_eq!(names(dir.path()), ["state.journal.2", "state.json"]);
+        let good = fs::metadata(&journal).unwrap().len();
+        // A torn last record: the earlier ones are restored.
+        let mut bytes = fs::read(&journal).unwrap();
+        bytes.extend_from_slice(b"00000100 12345678 {\"bound\":");
+        fs::write(&journal, &bytes).unwrap();
+        let mut file = StateFile::new(path.clone(), "b".into());
+        let loaded = file.load();
+        let warning = loaded.warning.unwrap();
+        assert!(
+            warning.contains(&format!(
+                "{}: torn or corrupt record at offset {good} (a record cut short)",
+                journal.display()
+            )),
+            "{warning}"
+        );
+        assert_eq!(loaded.bindings, vec![binding(1), binding(3)]);
+        assert_eq!(loaded.next_id, 9);
+        assert_eq!(loaded.n_records, 4);
+        // The first write is whole and sets the journal aside.
+        file.save_bindings(loaded.bindings, 9).unwrap();
+        let after = names(dir.path());
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert!(
+            after[0].starts_with("state.journal.2.corrupt-"),
+            "{after:?}"
+        );
+        let loaded = StateFile::new(path, "b".into()).load();
+        assert!(loaded.warning.is_none());
+        assert_eq!(loaded.bindings, vec![binding(1), binding(3)]);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_middle_keeps_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut file = StateFile::new(path.clone(), "b".into());
+        file.load();
+        file.save_bindings(Vec::new(), 1).unwrap();
+        for id in 1..=5 {
+            file.append_bindings(&[binding(id)], &[], id + 1, true)
+                .unwrap();
+        }
+        drop(file);
+        let journal = journal::journal_path(&path, 2);
+        let mut bytes = fs::read(&journal).unwrap();
+        let third = bytes.windows(8).position(|w| w == b"\"id\":3,\"").unwrap();
+        bytes[third + 5] = b'4';
+        fs::write(&journal, &bytes).unwrap();
+        let loaded = StateFile::new(path, "b".into()).load();
+        assert!(loaded.warning.unwrap().contains("checksum mismatch"));
+        assert_eq!(loaded.bindings, vec![binding(1), binding(2)]);
+    }
+
+    #[test]
+    fn churn_is_compacted_and_the_files_stay_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut file = StateFile::new(path.clone(), "b".into());
+        file.load();
+        file.save_bindings(vec![binding(1)], 2).unwrap();
+        let bound = 3 * journal::MIN_COMPACT_BYTES;
+        let mut largest = 0;
+        for id in 2..20_000 {
+            file.append_bindings(&[binding(id)], &[], id + 1, false)
+                .unwrap();
+            file.append_bindings(&[], &[id], id + 1, false).unwrap();
+            let total: u64 = fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            largest = largest.max(total);
+        }
+        assert!(
+            largest < bound,
+            "{largest} bytes on disk, more than {bound}"
+        );
+        drop(file);
+        let loaded = StateFile::new(path.clone(), "b".into()).load();
+        assert!(loaded.warning.is_none());
+        assert_eq!(loaded.bindings, vec![binding(1)]);
+        assert_eq!(loaded.next_id, 20_000);
+        let snapshot: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert!(snapshot["journal"].as_u64().unwrap() > 2, "{snapshot}");
+    }
+
+    #[test]
+    fn a_version_1_state_file_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let old = serde_json::json!({"version": 1, "next_id": 5, "bindings": [binding(4)]});
+        fs::write(&path, old.to_string()).unwrap();
+        let mut file = StateFile::new(path.clone(), "b".into());
+        let loaded = file.load();
+        assert!(loaded.warning.is_none());
+        assert_eq!(loaded.bindings, vec![binding(4)]);
+        file.save_bindings(loaded.bindings, 5).unwrap();
+        file.append_bindings(&[binding(5)], &[], 6, true).unwrap();
+        let snapshot: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(snapshot["version"], 2);
+        let loaded = StateFile::new(path, "b".into()).load();
+        assert_eq!(loaded.bindings, vec![binding(4), binding(5)]);
+    }
+
+    #[test]
+    fn pins_recorded_between_loads_are_journalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut file = StateFile::new(path.clone(), "b".into());
+        let mut pins = file.load().pins;
+        let one = Identity {
+            start: 1,
+            inode: None,
+        };
+        let pid = |n| Pid::try_from(n).unwrap();
+        pins.record(EntryKey(5), pid(100), one);
+        pins.sync(&[EntryKey(5)].into(), &[(EntryKey(5), pid(100))].into());
+        file.save_pins(&mut pins).unwrap();
+        pins.record(EntryKey(5), pid(101), one);
+        file.save_pins(&mut pins).unwrap();
+        assert!(journal::journal_path(file.pins_path(), 2).exists());
+        let pins = StateFile::new(path.clone(), "b".into()).load().pins;
+        assert_eq!(pins.len(), 2);
+        assert_eq!(pins.get(EntryKey(5), pid(101)), Some(Pin::ThisBoot(one)));
+
+        // A torn tail of the pins journal: the pins before it are kept.
+        let journal = journal::journal_path(file.pins_path(), 2);
+        pins_torn(&journal);
+        let mut again = StateFile::new(path, "b".into());
+        let loaded = again.load();
+        let warning = loaded.warning.unwrap();
+        assert!(
+            warning.contains(&format!("{}: torn or corrupt record", journal.display())),
+            "{warning}"
+        );
+        assert_eq!(
+            loaded.pins.get(EntryKey(5), pid(101)),
+            Some(Pin::ThisBoot(one))
+        );
+        let mut pins = loaded.pins;
+        pins.record(EntryKey(5), pid(102), one);
+        again.save_pins(&mut pins).unwrap();
+        assert!(!journal.exists(), "set aside at the whole write");
+    }
+
+    fn pins_torn(journal: &Path) {
+        let mut bytes = fs::read(journal).unwrap();
+        bytes.extend_from_slice(b"00000040 00000000 {\"pin\"");
+        fs::write(journal, bytes).unwrap();
     }
 }
