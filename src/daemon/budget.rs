@@ -23,6 +23,23 @@ use std::collections::HashMap;
 /// queue) and the daemon's own files, whoever else holds what.
 pub const CONTROL_RESERVE: usize = 512;
 
+/// How many processes a backend that holds no descriptor per process
+/// (netlink, poll, kqueue) may hold in all: each costs a few hundred bytes
+/// and a look when its parent dies, so the bound is memory, not the
+/// descriptor limit.
+pub const PROCESSES_WITHOUT_DESCRIPTORS: u64 = 1 << 20;
+
+/// What the limits below are shares of: the descriptor limit where every
+/// held process is a descriptor (pidfd), else
+/// [`PROCESSES_WITHOUT_DESCRIPTORS`] (or the descriptor limit, if larger).
+pub fn capacity(fd_limit: u64, holds_descriptors: bool) -> u64 {
+    if holds_descriptors {
+        fd_limit
+    } else {
+        fd_limit.max(PROCESSES_WITHOUT_DESCRIPTORS)
+    }
+}
+
 /// Held processes, by uid.
 #[derive(Debug)]
 pub struct Budget {
@@ -39,9 +56,10 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// A budget for a daemon allowed `fd_limit` descriptors, whose users
-    /// may each hold `max_bindings_per_uid` socket bindings.
-    pub fn new(fd_limit: u64, max_bindings_per_uid: usize) -> Budget {
+    /// A budget for a daemon that may hold `capacity` processes (see
+    /// [`capacity`]), whose users may each hold `max_bindings_per_uid`
+    /// socket bindings.
+    pub fn new(capacity: u64, max_bindings_per_uid: usize) -> Budget {
         let mut budget = Budget {
             held: HashMap::new(),
             socket_bindings: HashMap::new(),
@@ -51,14 +69,14 @@ impl Budget {
             others: 0,
             total: 0,
         };
-        budget.set_limits(fd_limit, max_bindings_per_uid);
+        budget.set_limits(capacity, max_bindings_per_uid);
         budget
     }
 
     /// Sets the limits again (after a reload changed
     /// `max_bindings_per_uid`). What is held stays held.
-    pub fn set_limits(&mut self, fd_limit: u64, max_bindings_per_uid: usize) {
-        let limit = usize::try_from(fd_limit).unwrap_or(usize::MAX);
+    pub fn set_limits(&mut self, capacity: u64, max_bindings_per_uid: usize) {
+        let limit = usize::try_from(capacity).unwrap_or(usize::MAX);
         self.total = limit.saturating_sub(CONTROL_RESERVE);
         // A quarter of the descriptors (at least 1,024, or half of a limit
         // below 2,048) is root's alone.
@@ -197,6 +215,17 @@ mod tests {
         budget.release(1003, 2800);
         assert!(budget.check(1004, 9).is_ok());
         assert_eq!(budget.held(1003), 0);
+    }
+
+    #[test]
+    fn a_backend_without_descriptors_is_bounded_by_memory_not_the_limit() {
+        assert_eq!(capacity(20_000, true), 20_000);
+        assert_eq!(capacity(20_000, false), PROCESSES_WITHOUT_DESCRIPTORS);
+        assert_eq!(capacity(1 << 21, false), 1 << 21);
+        let mut budget = Budget::new(capacity(20_000, false), 1024);
+        budget.charge(0, 100_000);
+        assert!(budget.check(0, 1).is_ok());
+        assert_eq!(budget.per_uid(), 4096);
     }
 
     #[test]

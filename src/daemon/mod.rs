@@ -345,7 +345,8 @@ impl<B: Backend> Daemon<B> {
         })?;
         control.register(poll.registry(), LISTENER_TOKEN)?;
         let closer = closer::Closer::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
-        let budget = budget::Budget::new(fd_limit, config.daemon.max_bindings_per_uid);
+        let capacity = budget::capacity(fd_limit, watcher.holds_descriptors());
+        let budget = budget::Budget::new(capacity, config.daemon.max_bindings_per_uid);
         let cgroups = cgroup::Cgroups::start(
             config.daemon.cgroup_root.as_deref(),
             poll.registry(),
@@ -389,7 +390,13 @@ impl<B: Backend> Daemon<B> {
 
     /// Runs until SIGTERM or SIGINT. Children are left alone on the way out.
     pub fn run(&mut self) -> io::Result<()> {
-        let fds_per_binding = 2;
+        // Two processes a binding of one child: its parent and the child.
+        let per_binding = 2;
+        let room = if self.watcher.holds_descriptors() {
+            self.fd_limit.saturating_sub(RESERVED_FDS)
+        } else {
+            budget::capacity(self.fd_limit, false)
+        };
         info!(
             "tetherd {} ready: {} bindings ({} watched), backend {}, descriptor limit {} (about {} bindings of one child), state {}, socket {}",
             env!("CARGO_PKG_VERSION"),
@@ -397,7 +404,7 @@ impl<B: Backend> Daemon<B> {
             self.n_armed(),
             self.watcher.name(),
             self.fd_limit,
-            self.fd_limit.saturating_sub(RESERVED_FDS) / fds_per_binding,
+            room / per_binding,
             self.state.path().display(),
             self.control.path().display(),
         );

@@ -109,8 +109,9 @@ impl<B: Backend> Daemon<B> {
         }
         self.defaults = config.defaults;
         self.max_per_uid = config.daemon.max_bindings_per_uid;
+        let capacity = budget::capacity(self.fd_limit, self.watcher.holds_descriptors());
         self.budget
-            .set_limits(self.fd_limit, config.daemon.max_bindings_per_uid);
+            .set_limits(capacity, config.daemon.max_bindings_per_uid);
         if let Some(socket) = &config.daemon.socket {
             if self.options.socket_path.is_none() && socket != self.control.path() {
                 warn!(

@@ -128,6 +128,10 @@ impl Backend for KqueueWatcher {
         false
     }
 
+    fn holds_descriptors(&self) -> bool {
+        false
+    }
+
     fn open(&mut self, pid: Pid) -> Result<(PidHandle, Identity), OpenError> {
         match bsd::proc_info(pid.get()) {
             Ok(Some(info)) if !info.zombie => {

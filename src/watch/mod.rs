@@ -357,6 +357,10 @@ pub trait Backend: Sized + fmt::Debug {
     /// Whether identities carry an inode (so inode pins can be checked).
     fn has_inodes(&self) -> bool;
 
+    /// Whether each held process costs the daemon a descriptor (a
+    /// pidfd), so that the descriptor limit bounds what can be held.
+    fn holds_descriptors(&self) -> bool;
+
     /// Opens a handle on the running process `pid` and reads its identity.
     fn open(&mut self, pid: Pid) -> Result<(Self::Handle, Identity), OpenError>;
 

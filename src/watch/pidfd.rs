@@ -71,6 +71,10 @@ impl Backend for PidfdWatcher {
         self.pidfs
     }
 
+    fn holds_descriptors(&self) -> bool {
+        true
+    }
+
     fn open(&mut self, pid: Pid) -> Result<(PidfdHandle, Identity), OpenError> {
         let fd = match sys::pidfd_open(pid.get()) {
             Ok(fd) => fd,

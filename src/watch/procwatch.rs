@@ -506,6 +506,10 @@ impl Backend for ProcWatcher {
         false
     }
 
+    fn holds_descriptors(&self) -> bool {
+        false
+    }
+
     fn open(&mut self, pid: Pid) -> Result<(PidHandle, Identity), OpenError> {
         let stat = match procfs::stat(pid.get()) {
             Ok(Some(stat)) => stat,
