@@ -23,14 +23,18 @@ use super::model::{
 use super::name::{check_name, quote_name};
 use super::raw::{self, Entry, RawConfig, SyntaxError, Table, Value, TOP_LEVEL_KEYS};
 
+#[path = "rule.rs"]
+pub(super) mod rule;
+
 /// Keys of `[daemon]`.
-const DAEMON_KEYS: [&str; 6] = [
+const DAEMON_KEYS: [&str; 7] = [
     "log",
     "state",
     "socket",
     "max_bindings_per_uid",
     "backend",
     "poll_interval",
+    "rule_source",
 ];
 /// Keys of `[defaults]`.
 const DEFAULTS_KEYS: [&str; 3] = ["signal", "grace", "kill"];
@@ -213,6 +217,9 @@ pub(super) fn validate(
         None => Vec::new(),
     };
     cross_check(&checked, &mut problems);
+    let rules = raw.rule().map_or_else(Vec::new, |entry| {
+        rule::rules(&entry, text, &defaults, backends, &mut problems)
+    });
 
     if problems.is_empty() {
         Ok(Config {
@@ -220,6 +227,7 @@ pub(super) fn validate(
             defaults,
             bindings: checked.into_iter().map(|binding| binding.spec).collect(),
             pidfile_bindings,
+            rules,
         })
     } else {
         // Stable: problems found at one place keep the order they were found.
@@ -364,8 +372,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// How a top-level table is written in a header.
 fn header(name: &str) -> String {
-    if name == "binding" {
-        "[[binding]]".to_string()
+    if name == "binding" || name == "rule" {
+        format!("[[{name}]]")
     } else {
         format!("[{name}]")
     }
@@ -388,7 +396,7 @@ fn unknown_top_level(entry: &Entry<'_, '_>, text: &str, problems: &mut Vec<Probl
             };
             (
                 entry.value.span(),
-                format!("unknown table {shown} (expected [daemon], [defaults] or [[binding]])"),
+                format!("unknown table {shown} (expected [daemon], [defaults], [[binding]] or [[rule]])"),
             )
         }
         _ => {
@@ -398,13 +406,15 @@ fn unknown_top_level(entry: &Entry<'_, '_>, text: &str, problems: &mut Vec<Probl
                 Some("[defaults] or a [[binding]]")
             } else if BINDING_KEYS.contains(&name) {
                 Some("a [[binding]]")
+            } else if rule::is_rule_key(name) {
+                Some("a [[rule]]")
             } else {
                 None
             };
             let message = match home {
                 Some(home) => format!("unknown key {name:?} at the top level (put it under {home})"),
                 None => format!(
-                    "unknown key {name:?} (expected the tables [daemon], [defaults] and [[binding]])"
+                    "unknown key {name:?} (expected the tables [daemon], [defaults], [[binding]] and [[rule]])"
                 ),
             };
             (entry.key.span(), message)
@@ -482,6 +492,9 @@ fn daemon_settings(
         parse_poll_interval(string(value)?)
     }) {
         settings.poll_interval = interval;
+    }
+    if let Some((source, _)) = cx.field(table, "rule_source", rule::rule_source) {
+        settings.rule_source = source;
     }
     settings
 }
@@ -1960,13 +1973,13 @@ parent = 2
 [[defaulds]]
 "#,
             &[
-                r#"t.toml:1:1: unknown key "stray" (expected the tables [daemon], [defaults] and [[binding]])"#,
+                r#"t.toml:1:1: unknown key "stray" (expected the tables [daemon], [defaults], [[binding]] and [[rule]])"#,
                 r#"t.toml:2:1: unknown key "signal" at the top level (put it under [defaults] or a [[binding]])"#,
                 r#"t.toml:3:1: unknown key "parent" at the top level (put it under a [[binding]])"#,
                 r#"t.toml:4:1: unknown key "log" at the top level (put it under [daemon])"#,
-                "t.toml:5:1: unknown table [deamon] (expected [daemon], [defaults] or [[binding]]) (did you mean [daemon]?)",
-                "t.toml:7:1: unknown table [[bindings]] (expected [daemon], [defaults] or [[binding]]) (did you mean [[binding]]?)",
-                "t.toml:9:1: unknown table [[defaulds]] (expected [daemon], [defaults] or [[binding]]) (did you mean [defaults]?)",
+                "t.toml:5:1: unknown table [deamon] (expected [daemon], [defaults], [[binding]] or [[rule]]) (did you mean [daemon]?)",
+                "t.toml:7:1: unknown table [[bindings]] (expected [daemon], [defaults], [[binding]] or [[rule]]) (did you mean [[binding]]?)",
+                "t.toml:9:1: unknown table [[defaulds]] (expected [daemon], [defaults], [[binding]] or [[rule]]) (did you mean [defaults]?)",
             ],
         );
         check(
