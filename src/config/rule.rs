@@ -15,9 +15,7 @@ use std::path::Path;
 
 use toml::de::DeValue;
 
-use super::{
-    absolute_path, grace, kill, position, raw, signal, string, Cx, Entry, Problem, Value,
-};
+use super::{absolute_path, grace, kill, position, raw, signal, string, Cx, Entry, Problem, Value};
 use crate::config::model::{BackendKind, Defaults, Grace, KillMode, Signal};
 use crate::config::name::{check_name, quote_name};
 
@@ -200,9 +198,12 @@ pub(super) fn rules(
             return Vec::new();
         }
     };
-    let linux = backends
-        .iter()
-        .any(|b| matches!(b, BackendKind::Pidfd | BackendKind::Netlink | BackendKind::Poll));
+    let linux = backends.iter().any(|b| {
+        matches!(
+            b,
+            BackendKind::Pidfd | BackendKind::Netlink | BackendKind::Poll
+        )
+    });
     if !linux {
         problems.push(Problem {
             span: entry.value.span(),
@@ -386,7 +387,10 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_matches("/usr/bin/qemu-system-*", "/usr/bin/qemu-system-x86_64"));
+        assert!(glob_matches(
+            "/usr/bin/qemu-system-*",
+            "/usr/bin/qemu-system-x86_64"
+        ));
         assert!(!glob_matches("/usr/bin/qemu-system-*", "/usr/bin/qemu-img"));
         assert!(!glob_matches("/usr/*", "/usr/bin/x"), "* stops at /");
         assert!(glob_matches("/a/b?", "/a/bc"));

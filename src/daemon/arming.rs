@@ -235,6 +235,7 @@ impl<B: Backend> Daemon<B> {
         let opened = self.watcher.open(spec.pid);
         let pin_source = match origin {
             Origin::Config => "the configured pin",
+            Origin::Rule => "the pin taken when the rule matched",
             Origin::Socket { .. } => "the pin taken at bind time",
         };
         let Some(entry) = entry.filter(|_| spec.start.is_none() && spec.inode.is_none()) else {

@@ -55,6 +55,9 @@ pub enum Origin {
         /// The caller's uid.
         uid: u32,
     },
+    /// Made by a `[[rule]]` when a matching process started (named
+    /// `RULE:PID`); forgotten when done.
+    Rule,
 }
 
 /// `binding "name"` or `binding PARENT->CHILD`, with the id and uid for
@@ -62,6 +65,7 @@ pub enum Origin {
 pub fn label(spec: &BindingSpec, origin: Origin, id: u64) -> String {
     match origin {
         Origin::Config => format!("binding {}", spec.label()),
+        Origin::Rule => format!("binding {} #{id}", spec.label()),
         Origin::Socket { uid } => format!("binding {} #{id} (uid {uid})", spec.label()),
     }
 }

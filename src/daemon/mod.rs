@@ -25,6 +25,7 @@ mod persist;
 pub mod pidfile;
 mod reload;
 mod requests;
+mod rules;
 mod scope;
 mod serve;
 mod state;
@@ -68,8 +69,10 @@ const LISTENER_TOKEN: Token = Token(RESERVED_TOKENS + 1);
 const BACKEND_TOKEN: Token = Token(RESERVED_TOKENS + 2);
 /// The token the closer wakes the loop with (see `closer`).
 const WAKER_TOKEN: Token = Token(RESERVED_TOKENS + 3);
+/// The token of the rules' exec source (see `rules`).
+const RULES_TOKEN: Token = Token(RESERVED_TOKENS + 4);
 /// Connection `i` has token `CONN_TOKENS + i`.
-const CONN_TOKENS: usize = RESERVED_TOKENS + 4;
+const CONN_TOKENS: usize = RESERVED_TOKENS + 5;
 
 /// Everything the loop reacts to, from the token that announced it. The
 /// set is closed: a new source of events is a new variant, handled in
@@ -89,6 +92,8 @@ enum Event {
     Conn(usize),
     /// A binding member (its token) exited.
     Member(Token),
+    /// The rules' exec source has execs to handle (and answer).
+    Rules,
 }
 
 impl Event {
@@ -98,6 +103,7 @@ impl Event {
             LISTENER_TOKEN => Event::Listener,
             BACKEND_TOKEN => Event::Backend,
             WAKER_TOKEN => Event::Closer,
+            RULES_TOKEN => Event::Rules,
             Token(n) if n >= CONN_TOKENS => Event::Conn(n - CONN_TOKENS),
             token => Event::Member(token),
         }
@@ -162,7 +168,8 @@ impl ConfigSource {
                         "the file is empty while {n_held} configured bindings are held (rewritten in place?); to drop them all, leave a comment in it"
                     )));
                 }
-                return config::parse(&snapshot.text, &self.path, watch::available());
+                return config::parse(&snapshot.text, &self.path, watch::available())
+                    .and_then(|config| rules::check_files(config, &self.path));
             }
             let pause = CONFIG_SETTLE
                 .saturating_sub(age)
@@ -289,6 +296,8 @@ pub struct Daemon<B: Backend> {
     /// `[daemon] backend` and `poll_interval` as last loaded, to warn
     /// when a reload changes what only a restart applies.
     watch_settings: (config::BackendKind, Duration),
+    /// `[[rule]]`s and their exec source.
+    rules: rules::Rules,
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -365,6 +374,7 @@ impl<B: Backend> Daemon<B> {
             started: Instant::now(),
             fd_limit,
             watch_settings: (config.daemon.backend, config.daemon.poll_interval),
+            rules: rules::Rules::default(),
         };
         daemon.restore(loaded.bindings);
         daemon.apply(config);
@@ -425,6 +435,7 @@ impl<B: Backend> Daemon<B> {
                     Event::Closer => self.closer_event(),
                     Event::Conn(idx) => self.conn_event(idx),
                     Event::Member(token) => self.member_event(token),
+                    Event::Rules => self.rules_event(),
                 }
             }
             self.run_due_retries();

@@ -48,7 +48,7 @@ pub fn init(report_pidfd: bool) -> io::Result<OwnedFd> {
 }
 
 /// Adds (or removes) `FAN_OPEN_EXEC_PERM` on the inode `file` refers to
-/// (an `O_PATH` descriptor): `fanotify_mark(group, FAN_MARK_ADD, mask,
+/// (an open file; not `O_PATH`, which the kernel refuses here): `fanotify_mark(group, FAN_MARK_ADD, mask,
 /// file, NULL)`.
 pub fn mark_exec(group: &OwnedFd, file: &impl AsFd, add: bool) -> io::Result<()> {
     let how = if add {

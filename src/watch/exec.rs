@@ -130,8 +130,9 @@ mod imp {
         Fanotify {
             group: OwnedFd,
             buf: Vec<u8>,
-            /// An `O_PATH` descriptor per marked inode: the mark is added
-            /// and removed through it, whatever the path names now.
+            /// A read-only descriptor per marked inode: the mark is added
+            /// and removed through it, whatever the path names now
+            /// (fanotify_mark refuses `O_PATH` descriptors).
             marks: HashMap<FileKey, OwnedFd>,
             /// Events read and not yet answered (their files).
             pending: Vec<OwnedFd>,
@@ -191,7 +192,10 @@ mod imp {
         fn connector() -> io::Result<Inner> {
             let socket = sys::netlink_connector_socket()?;
             socket::bind(socket.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-            sys::attach_socket_filter(&socket, &connector::event_filter(connector::PROC_EVENT_EXEC))?;
+            sys::attach_socket_filter(
+                &socket,
+                &connector::event_filter(connector::PROC_EVENT_EXEC),
+            )?;
             sys::netlink_membership(&socket, connector::CN_IDX_PROC, true)?;
             let seq = std::process::id().wrapping_add(1);
             socket::send(
@@ -233,7 +237,10 @@ mod imp {
                     for file in files {
                         let opened = open(
                             file.as_path(),
-                            OFlag::O_PATH | OFlag::O_CLOEXEC,
+                            OFlag::O_RDONLY
+                                | OFlag::O_NONBLOCK
+                                | OFlag::O_NOCTTY
+                                | OFlag::O_CLOEXEC,
                             Mode::empty(),
                         )
                         .map_err(io::Error::from)
