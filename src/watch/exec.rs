@@ -29,6 +29,10 @@ use crate::vocab::RuleSource;
 /// An executable as the kernel knows it: device and inode.
 pub type FileKey = (u64, u64);
 
+/// What marking files gave: each file's key, and the files that could not
+/// be marked with why.
+pub type Marked = (Vec<(PathBuf, FileKey)>, Vec<(PathBuf, io::Error)>);
+
 /// One exec a rule may want.
 #[derive(Debug)]
 pub struct Exec {
@@ -65,7 +69,7 @@ impl ExecWatch {
     pub fn set_files(
         &mut self,
         files: &[PathBuf],
-    ) -> (Vec<(PathBuf, FileKey)>, Vec<(PathBuf, io::Error)>) {
+    ) -> Marked {
         self.inner.set_files(files)
     }
 
@@ -118,7 +122,7 @@ mod imp {
     use nix::sys::socket::{self, MsgFlags, NetlinkAddr};
     use nix::sys::stat::{fstat, Mode};
 
-    use super::{Exec, FileKey};
+    use super::{Exec, FileKey, Marked};
     use crate::sys::fanotify;
     use crate::sys::linux as sys;
     use crate::vocab::RuleSource;
@@ -220,7 +224,7 @@ mod imp {
         pub(super) fn set_files(
             &mut self,
             files: &[PathBuf],
-        ) -> (Vec<(PathBuf, FileKey)>, Vec<(PathBuf, io::Error)>) {
+        ) -> Marked {
             let mut keys = Vec::new();
             let mut failed = Vec::new();
             match self {
@@ -391,7 +395,7 @@ mod imp {
 
     use mio::{Registry, Token};
 
-    use super::{Exec, FileKey};
+    use super::{Exec, FileKey, Marked};
     use crate::vocab::RuleSource;
 
     fn unsupported() -> io::Error {
@@ -414,7 +418,7 @@ mod imp {
         pub(super) fn set_files(
             &mut self,
             _: &[PathBuf],
-        ) -> (Vec<(PathBuf, FileKey)>, Vec<(PathBuf, io::Error)>) {
+        ) -> Marked {
             match *self {}
         }
         pub(super) fn register(&mut self, _: &Registry, _: Token) -> io::Result<()> {
