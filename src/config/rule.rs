@@ -384,6 +384,48 @@ pub(super) fn is_rule_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{parse, RuleSource};
+
+    const RULE: &str = "[defaults]\nsignal = \"INT\"\n[daemon]\nrule_source = \"connector\"\n\
+                        [[rule]]\nname = \"vm\"\nexec = \"/usr/bin/qemu-system-*\"\n\
+                        launcher = \"/usr/bin/virt-*\"\nlauncher_match = \"ancestor\"\nkill = \"tree\"\n";
+
+    #[test]
+    fn a_rule_with_every_field_and_the_defaults() -> Result<(), String> {
+        let linux = [BackendKind::Pidfd, BackendKind::Netlink, BackendKind::Poll];
+        let config = parse(RULE, Path::new("t.toml"), &linux).map_err(|e| e.to_string())?;
+        assert_eq!(config.daemon.rule_source, RuleSource::Connector);
+        assert_eq!(
+            config.rules,
+            [RuleSpec {
+                name: "vm".into(),
+                exec: "/usr/bin/qemu-system-*".into(),
+                launcher: Some("/usr/bin/virt-*".into()),
+                launcher_match: LauncherMatch::Ancestor,
+                signal: crate::config::parse_signal("INT")?,
+                grace: Grace::default(),
+                kill: KillMode::Tree,
+                exec_at: (7, 8),
+            }]
+        );
+        Ok(())
+    }
+
+    /// macOS and the BSDs refuse rules, saying why.
+    #[test]
+    fn rules_are_refused_where_no_exec_notification_exists() {
+        let errors = parse(RULE, Path::new("t.toml"), &[BackendKind::Kqueue])
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            errors,
+            Err(
+                "t.toml:5:1: rule: rules need Linux (fanotify or the process connector): this OS \
+                 tells no daemon of every exec, so a rule could never match"
+                    .to_string()
+            )
+        );
+    }
 
     #[test]
     fn globs() {

@@ -20,7 +20,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use mio::{Registry, Token};
 
@@ -66,10 +66,7 @@ impl ExecWatch {
     /// Makes `files` the marked executables (fanotify marks their inodes;
     /// the connector only needs their keys). Returns each file's key, and
     /// the files that could not be marked with why.
-    pub fn set_files(
-        &mut self,
-        files: &[PathBuf],
-    ) -> Marked {
+    pub fn set_files(&mut self, files: &[PathBuf]) -> Marked {
         self.inner.set_files(files)
     }
 
@@ -89,13 +86,6 @@ impl ExecWatch {
     pub fn allow_pending(&mut self) {
         self.inner.allow_pending();
     }
-}
-
-/// The device and inode of the file at `path` (links followed).
-pub fn file_key(path: &Path) -> io::Result<FileKey> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)?;
-    Ok((meta.dev(), meta.ino()))
 }
 
 /// The parent of `pid` as `/proc` says now (`None`: no such process).
@@ -221,16 +211,13 @@ mod imp {
             }
         }
 
-        pub(super) fn set_files(
-            &mut self,
-            files: &[PathBuf],
-        ) -> Marked {
+        pub(super) fn set_files(&mut self, files: &[PathBuf]) -> Marked {
             let mut keys = Vec::new();
             let mut failed = Vec::new();
             match self {
                 Inner::Connector { .. } => {
                     for file in files {
-                        match super::file_key(file) {
+                        match file_key(file) {
                             Ok(key) => keys.push((file.clone(), key)),
                             Err(err) => failed.push((file.clone(), err)),
                         }
@@ -341,7 +328,7 @@ mod imp {
                         Ok(n) => {
                             for pid in connector::parse_execs(buf.get(..n).unwrap_or_default()) {
                                 let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-                                if let Ok(key) = super::file_key(&exe) {
+                                if let Ok(key) = file_key(&exe) {
                                     execs.push(Exec {
                                         pid,
                                         key,
@@ -379,6 +366,13 @@ mod imp {
         }
     }
 
+    /// The device and inode of the file at `path` (links followed).
+    fn file_key(path: &std::path::Path) -> io::Result<FileKey> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
     pub(super) fn parent_of(pid: i32) -> io::Result<Option<i32>> {
         Ok(procfs::stat(pid)?.map(|stat| stat.ppid))
     }
@@ -395,7 +389,7 @@ mod imp {
 
     use mio::{Registry, Token};
 
-    use super::{Exec, FileKey, Marked};
+    use super::{Exec, Marked};
     use crate::vocab::RuleSource;
 
     fn unsupported() -> io::Error {
@@ -415,10 +409,7 @@ mod imp {
         pub(super) fn name(&self) -> &'static str {
             match *self {}
         }
-        pub(super) fn set_files(
-            &mut self,
-            _: &[PathBuf],
-        ) -> Marked {
+        pub(super) fn set_files(&mut self, _: &[PathBuf]) -> Marked {
             match *self {}
         }
         pub(super) fn register(&mut self, _: &Registry, _: Token) -> io::Result<()> {
