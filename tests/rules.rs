@@ -348,3 +348,67 @@ fn the_connector_fallback_binds_after_the_exec() {
         daemon.log_text()
     );
 }
+
+/// The issue's case: an unwrapped Python launcher runs `sh`, which starts
+/// a copy of `qemu-system-x86_64`; the rule names the qemu glob and the
+/// Python interpreter as the nearest matching ancestor. SIGKILL to Python:
+/// qemu gets the rule's SIGTERM and exits.
+#[test]
+fn a_python_launcher_two_levels_up_takes_its_qemu_with_it() {
+    if !needs_root() {
+        return;
+    }
+    let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+    let modules = Path::new("/usr/lib/x86_64-linux-gnu/qemu");
+    let python = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable))",
+        ])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let Some(python) = python.filter(|_| qemu.exists()) else {
+        eprintln!("skipped: needs python3 and /usr/bin/qemu-system-x86_64");
+        return;
+    };
+    become_subreaper();
+    let programs = Programs::new();
+    fs::copy(qemu, programs.path("qemu-system-x86_64")).unwrap();
+    let daemon = TestDaemon::start(&format!(
+        "[[rule]]\nname = \"appliances\"\nexec = \"{}/qemu-system-*\"\nlauncher = \"{python}\"\nlauncher_match = \"ancestor\"\n",
+        programs.dir.path().display()
+    ));
+    let script = r#"
+import os, subprocess, sys, time
+d = os.environ["D"]
+subprocess.Popen(["/bin/sh", "-c",
+    '"$D/qemu-system-x86_64" -machine none -nodefaults -display none -S -monitor none -serial none & '
+    'echo $! > "$D/qemu.tmp"; mv "$D/qemu.tmp" "$D/qemu.pid"; wait'])
+time.sleep(1000)
+"#;
+    let child = Command::new(&python)
+        .args(["-c", script])
+        .env("D", programs.dir.path())
+        .env("QEMU_MODULE_DIR", modules)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut launcher = Proc::from_child(child);
+    let qemu_pid = read_pid(&programs.path("qemu.pid"));
+    daemon.wait_log(&format!(
+        "pid {qemu_pid} bound to its launcher {}",
+        launcher.pid()
+    ));
+    assert!(exists(qemu_pid) && !ended(qemu_pid), "qemu did not start");
+    launcher.kill9();
+    daemon.wait_log(&format!("sent SIGTERM to child {qemu_pid}"));
+    assert!(
+        wait_until(TIMEOUT, || ended(qemu_pid)),
+        "qemu {qemu_pid} still runs; log:\n{}",
+        daemon.log_text()
+    );
+    reap(qemu_pid, TIMEOUT);
+}

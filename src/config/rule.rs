@@ -94,10 +94,19 @@ impl RuleSpec {
 /// Whether `text` matches the shell pattern `pattern`: `*` any run of
 /// characters but `/`, `?` one character but `/`, `[abc]`, `[a-z]`,
 /// `[!a]` one of a set; anything else itself.
+///
+/// Linear in each path component (the greedy algorithm that backtracks
+/// only to the last `*`): a launcher's path is anyone's choice, and a
+/// pattern with several `*` must not cost exponential time on it.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    matches_from(&pattern, &text)
+    let pattern: Vec<&str> = pattern.split('/').collect();
+    let text: Vec<&str> = text.split('/').collect();
+    pattern.len() == text.len()
+        && pattern.iter().zip(&text).all(|(p, t)| {
+            let p: Vec<char> = p.chars().collect();
+            let t: Vec<char> = t.chars().collect();
+            component_matches(&p, &t)
+        })
 }
 
 /// Whether `pattern` has a wildcard.
@@ -105,42 +114,46 @@ pub fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '['])
 }
 
-fn matches_from(pattern: &[char], text: &[char]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some(('*', rest)) => {
-            // Every split point up to the next '/'.
-            let mut at = 0;
-            loop {
-                if matches_from(rest, text.get(at..).unwrap_or_default()) {
-                    return true;
-                }
-                match text.get(at) {
-                    Some('/') | None => return false,
-                    Some(_) => at += 1,
-                }
+/// One path component against one pattern component.
+fn component_matches(pattern: &[char], text: &[char]) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    // Where the last `*` was, and the text position it matched up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        let c = text.get(t).copied().unwrap_or_default();
+        let step = match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, t));
+                p += 1;
+                continue;
             }
-        }
-        Some(('?', rest)) => match text.split_first() {
-            Some((c, tail)) if *c != '/' => matches_from(rest, tail),
-            _ => false,
-        },
-        Some(('[', rest)) => {
-            let Some((c, tail)) = text.split_first() else {
-                return false;
-            };
-            match class(rest, *c) {
-                Some((true, after)) => matches_from(after, tail),
-                Some((false, _)) => false,
-                // An unclosed '[' is itself.
-                None => *c == '[' && matches_from(rest, tail),
+            Some('?') => Some(p + 1),
+            Some('[') => match class(pattern.get(p + 1..).unwrap_or_default(), c) {
+                Some((true, rest)) => Some(pattern.len() - rest.len()),
+                Some((false, _)) => None,
+                None => (c == '[').then_some(p + 1),
+            },
+            Some(&lit) => (lit == c).then_some(p + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                p = next;
+                t += 1;
             }
+            (None, Some((star_p, star_t))) => {
+                p = star_p + 1;
+                t = star_t + 1;
+                star = Some((star_p, star_t + 1));
+            }
+            (None, None) => return false,
         }
-        Some((p, rest)) => match text.split_first() {
-            Some((c, tail)) if c == p => matches_from(rest, tail),
-            _ => false,
-        },
     }
+    pattern
+        .get(p..)
+        .unwrap_or_default()
+        .iter()
+        .all(|&c| c == '*')
 }
 
 /// Whether `c` is in the class that starts `pattern` (after its `[`), and
@@ -443,6 +456,15 @@ mod tests {
         assert!(glob_matches("/a/[x", "/a/[x"), "an unclosed [ is itself");
         assert!(glob_matches("/a/*x*", "/a/yyxyy"));
         assert!(glob_matches("/exact", "/exact"));
+        assert!(glob_matches("/a/*", "/a/"), "* matches nothing");
+        assert!(glob_matches("/a/**b", "/a/xb"));
+        assert!(!glob_matches("/a/*b", "/a/x/b"));
+        assert!(glob_matches("/usr/*/qemu", "/usr/bin/qemu"));
+        // Many stars against a long name that almost matches: linear.
+        let name = format!("/{}", "-".repeat(250));
+        let started = std::time::Instant::now();
+        assert!(!glob_matches("/*-*-*-*-*-*-*-*-*-*-x", &name));
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
         assert!(!glob_matches("/exact", "/exactly"));
     }
 }
