@@ -240,7 +240,8 @@ pub struct BindingInfo {
     /// The `[[rule]]` that made it (origin "rule").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    /// The uid that made it (0 for the configuration file).
+    /// The uid that made it (0 for the configuration file; a rule's
+    /// binding: its launcher's uid).
     pub uid: u32,
     /// The parent's pid.
     pub parent: i32,

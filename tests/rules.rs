@@ -412,3 +412,74 @@ time.sleep(1000)
     );
     reap(qemu_pid, TIMEOUT);
 }
+
+/// A rule's binding acts for its launcher's user: when a user's launcher
+/// dies, its plain captive gets the signal, but a set-user-id root captive
+/// it started does not (the kernel's PR_SET_PDEATHSIG is cleared by such
+/// an exec too), and the log says why.
+#[test]
+fn a_users_launcher_cannot_have_a_set_user_id_captive_signalled() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((uid, gid)) = root_and_test_user("a set-user-id captive needs root and a test user")
+    else {
+        return;
+    };
+    become_subreaper();
+    let programs = Programs::new();
+    let dir = programs.dir.path();
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let suid = copy_program("sleep", dir, "suid-captive");
+    fs::set_permissions(&suid, fs::Permissions::from_mode(0o4755)).unwrap();
+    let out = dir.join("out");
+    fs::create_dir(&out).unwrap();
+    nix::unistd::chown(
+        &out,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .unwrap();
+    let daemon = TestDaemon::start(&format!(
+        "[[rule]]\nname = \"users\"\nexec = \"{}/*captive\"\nlauncher = \"{}\"\n",
+        dir.display(),
+        programs.launcher.display()
+    ));
+    let launcher = programs.launcher.display().to_string();
+    let child = as_user(
+        uid,
+        gid,
+        &[
+            &launcher,
+            "-c",
+            "for c in captive suid-captive; do \"$D/$c\" 1000 & echo $! > \"$D/out/$c.tmp\"; mv \"$D/out/$c.tmp\" \"$D/out/$c\"; done; wait",
+        ],
+    )
+    .env("D", dir)
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut launcher = Proc::from_child(child);
+    let plain = read_pid(&out.join("captive"));
+    let privileged = read_pid(&out.join("suid-captive"));
+    daemon.wait_log(&format!("pid {plain} bound to its launcher"));
+    daemon.wait_log(&format!("pid {privileged} bound to its launcher"));
+    let (_, list, _) = daemon.ctl(&["list"]);
+    assert!(
+        list.lines()
+            .filter(|l| l.contains("rule:users"))
+            .all(|l| l.contains(&format!("  {uid}  "))),
+        "{list}"
+    );
+    launcher.kill9();
+    assert_eq!(
+        reap(plain, TIMEOUT),
+        Some(libc::SIGTERM),
+        "{}",
+        daemon.log_text()
+    );
+    daemon.wait_log(&format!(
+        "child {privileged} not signalled: it runs with the privileges of uid 0"
+    ));
+    assert!(exists(privileged) && !ended(privileged));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(privileged), Signal::SIGKILL);
+    reap(privileged, TIMEOUT);
+}

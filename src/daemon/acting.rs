@@ -343,7 +343,7 @@ impl<B: Backend> Daemon<B> {
         let Some(binding) = self.bindings.get_mut(id) else {
             return;
         };
-        if matches!(binding.origin, Origin::Socket { .. } | Origin::Rule) {
+        if matches!(binding.origin, Origin::Socket { .. } | Origin::Rule { .. }) {
             debug!("{}: done", binding.label());
             if let Some(binding) = self.bindings.remove(id) {
                 self.close(binding);

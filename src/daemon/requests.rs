@@ -375,7 +375,7 @@ impl<B: Backend> Daemon<B> {
         };
         let Some(&id) = self.ids.get(&public_id) else {
             if self.bindings.iter().any(|(_, b)| {
-                b.id == public_id && matches!(b.origin, Origin::Config | Origin::Rule)
+                b.id == public_id && matches!(b.origin, Origin::Config | Origin::Rule { .. })
             }) {
                 return Err(from_config());
             }
@@ -385,7 +385,7 @@ impl<B: Backend> Daemon<B> {
             return Err(none());
         };
         match binding.origin {
-            Origin::Config | Origin::Rule => Err(from_config()),
+            Origin::Config | Origin::Rule { .. } => Err(from_config()),
             Origin::Socket { uid } if uid != peer.uid && !Self::is_admin(peer) => Err(none()),
             Origin::Socket { .. } => {
                 self.mark_durable();
@@ -410,9 +410,9 @@ impl<B: Backend> Daemon<B> {
                 origin: match b.origin {
                     Origin::Config => "config".into(),
                     Origin::Socket { .. } => "socket".into(),
-                    Origin::Rule => "rule".into(),
+                    Origin::Rule { .. } => "rule".into(),
                 },
-                rule: (b.origin == Origin::Rule)
+                rule: matches!(b.origin, Origin::Rule { .. })
                     .then(|| {
                         b.spec
                             .name
@@ -423,7 +423,8 @@ impl<B: Backend> Daemon<B> {
                     .flatten(),
                 uid: match b.origin {
                     // The configuration file is the daemon's own.
-                    Origin::Config | Origin::Rule => nix::unistd::geteuid().as_raw(),
+                    Origin::Config => nix::unistd::geteuid().as_raw(),
+                    Origin::Rule { uid } => uid,
                     Origin::Socket { uid } => uid,
                 },
                 parent: b.spec.parent.pid.get(),

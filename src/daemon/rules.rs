@@ -271,7 +271,7 @@ impl<B: Backend> Daemon<B> {
             "after its exec"
         };
         let already = self.bindings.iter().any(|(_, b)| {
-            b.origin == Origin::Rule
+            matches!(b.origin, Origin::Rule { .. })
                 && b.phase == Phase::Armed
                 && b.spec.children.first().is_some_and(|c| c.pid == pid)
         });
@@ -397,9 +397,29 @@ impl<B: Backend> Daemon<B> {
         when: &str,
     ) {
         let (pid, ppid) = (captive.pid, launcher.pid);
-        if self.budget.room(0) < 2 {
+        // On whose behalf: the launcher's user (root if it has root's
+        // privileges, really or effectively).
+        let uid = match self.watcher.owner(ppid, &launcher.handle) {
+            Ok(Some(owner)) => match owner.uids {
+                [0, _, _] | [_, 0, _] => 0,
+                [real, _, _] => real,
+            },
+            Ok(None) => {
+                warn!(
+                    "{}: pid {pid} runs unbound: its launcher {ppid} exited while it was bound",
+                    rule.label()
+                );
+                return;
+            }
+            Err(err) => {
+                warn!("{}: pid {pid} runs unbound: the owner of its launcher {ppid} cannot be read ({err})", rule.label());
+                return;
+            }
+        };
+        let origin = Origin::Rule { uid };
+        if self.budget.room(Self::budget_uid(origin)) < 2 {
             warn!(
-                "{}: pid {pid} runs unbound: the daemon holds as many processes as it can",
+                "{}: pid {pid} runs unbound: uid {uid} holds as many processes as it may",
                 rule.label()
             );
             return;
@@ -421,11 +441,11 @@ impl<B: Backend> Daemon<B> {
             kill: rule.kill,
         };
         let public_id = self.new_public_id();
-        let label = bindings::label(&spec, Origin::Rule, public_id);
+        let label = bindings::label(&spec, origin, public_id);
         if self
             .insert(
                 Rc::new(spec),
-                Origin::Rule,
+                origin,
                 public_id,
                 Some(launcher),
                 vec![Some(captive)],
