@@ -410,6 +410,9 @@ impl<B: Backend> Daemon<B> {
             tokens.clear();
             tokens.extend(self.events.iter().map(|event| event.token()));
             tokens.extend(self.backlog.drain(..).map(|idx| Token(CONN_TOKENS + idx)));
+            if self.rules.has_more() && !tokens.contains(&RULES_TOKEN) {
+                tokens.push(RULES_TOKEN);
+            }
             if self.watcher.has_pending() || tokens.contains(&BACKEND_TOKEN) {
                 self.watcher.collect(&mut tokens);
             }
@@ -466,7 +469,7 @@ impl<B: Backend> Daemon<B> {
     /// connection's idle timeout), zero while input is left unread, or
     /// forever when nothing is pending.
     fn next_timeout(&mut self) -> Option<Duration> {
-        if !self.backlog.is_empty() || self.watcher.has_pending() {
+        if !self.backlog.is_empty() || self.watcher.has_pending() || self.rules.has_more() {
             return Some(Duration::ZERO);
         }
         // Deadlines of bindings that finished or went away before their

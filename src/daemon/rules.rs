@@ -39,9 +39,16 @@ pub(super) struct Rules {
     unavailable: Option<String>,
     /// Processes bound per rule name since the rule came into force.
     matches: HashMap<String, u64>,
+    /// Whether the source may hold more execs than the last turn read.
+    more: bool,
 }
 
 impl Rules {
+    /// Whether execs may be left for the next turn of the loop.
+    pub(super) fn has_more(&self) -> bool {
+        self.more && self.watch.is_some()
+    }
+
     /// The source in use (`fanotify`, `connector`), `none (why)` when rules
     /// exist without one, `None` without rules.
     pub(super) fn source(&self) -> Option<String> {
@@ -239,7 +246,8 @@ impl<B: Backend> Daemon<B> {
         let Some(watch) = self.rules.watch.as_mut() else {
             return;
         };
-        let execs = watch.read();
+        let (execs, more) = watch.read();
+        self.rules.more = more;
         for exec in execs {
             self.rule_exec(exec);
         }

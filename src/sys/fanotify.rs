@@ -27,6 +27,9 @@ pub struct ExecEvent {
     pub pidfd: Option<OwnedFd>,
     /// Whether the event is a permission event that needs an answer.
     pub needs_answer: bool,
+    /// Whether the kernel's queue overflowed (events were dropped; a
+    /// dropped permission event lets its exec go at once).
+    pub overflow: bool,
 }
 
 /// `fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK
@@ -156,6 +159,7 @@ pub fn read_events(group: &OwnedFd, buf: &mut [u8]) -> io::Result<Vec<ExecEvent>
             pid,
             pidfd,
             needs_answer: mask & libc::FAN_OPEN_EXEC_PERM != 0,
+            overflow: mask & libc::FAN_Q_OVERFLOW != 0,
         });
         at += event_len;
     }

@@ -75,10 +75,11 @@ impl ExecWatch {
         self.inner.register(registry, token)
     }
 
-    /// Every exec queued (the source is drained: registration is
-    /// edge-triggered). Answers owed stay here until
-    /// [`ExecWatch::allow_pending`].
-    pub fn read(&mut self) -> Vec<Exec> {
+    /// The execs queued, up to one read's worth (a few hundred), and
+    /// whether more may be queued: the loop then comes back at once, after
+    /// its other work, so a flood of execs does not hold it. Answers owed
+    /// stay here until [`ExecWatch::allow_pending`].
+    pub fn read(&mut self) -> (Vec<Exec>, bool) {
         self.inner.read()
     }
 
@@ -286,28 +287,31 @@ mod imp {
             registry.register(&mut SourceFd(&fd), token, Interest::READABLE)
         }
 
-        pub(super) fn read(&mut self) -> Vec<Exec> {
+        pub(super) fn read(&mut self) -> (Vec<Exec>, bool) {
             // Answers owed from before (none, if the daemon answered).
             self.allow_pending();
             let mut execs = Vec::new();
-            match self {
+            let more = match self {
                 Inner::Fanotify {
                     group,
                     buf,
                     pending,
                     ..
-                } => loop {
+                } => {
                     let events = match fanotify::read_events(group, buf) {
                         Ok(events) => events,
                         Err(err) => {
                             warn!("rules: reading fanotify events failed: {err}");
-                            break;
+                            Vec::new()
                         }
                     };
-                    if events.is_empty() {
-                        break;
-                    }
+                    let more = !events.is_empty();
                     for event in events {
+                        if event.overflow {
+                            warn!(
+                                "rules: the fanotify queue overflowed; execs meanwhile ran unbound"
+                            );
+                        }
                         let Some(file) = event.file else { continue };
                         let key = fstat(&file).map(|st| (st.st_dev, st.st_ino));
                         if let Ok(key) = key {
@@ -321,10 +325,11 @@ mod imp {
                             pending.push(file);
                         }
                     }
-                },
+                    more
+                }
                 Inner::Connector { socket, buf } => loop {
                     match socket::recv(socket.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
-                        Ok(0) => break,
+                        Ok(0) => break false,
                         Ok(n) => {
                             for pid in connector::parse_execs(buf.get(..n).unwrap_or_default()) {
                                 let exe = PathBuf::from(format!("/proc/{pid}/exe"));
@@ -341,15 +346,18 @@ mod imp {
                             warn!("rules: exec events were lost (receive buffer overflow); processes started meanwhile are not bound");
                         }
                         Err(nix::errno::Errno::EINTR) => {}
-                        Err(nix::errno::Errno::EAGAIN) => break,
+                        Err(nix::errno::Errno::EAGAIN) => break false,
                         Err(err) => {
                             warn!("rules: reading exec events failed: {err}");
-                            break;
+                            break false;
                         }
                     }
+                    if execs.len() >= 512 {
+                        break true;
+                    }
                 },
-            }
-            execs
+            };
+            (execs, more)
         }
 
         pub(super) fn allow_pending(&mut self) {
@@ -415,7 +423,7 @@ mod imp {
         pub(super) fn register(&mut self, _: &Registry, _: Token) -> io::Result<()> {
             match *self {}
         }
-        pub(super) fn read(&mut self) -> Vec<Exec> {
+        pub(super) fn read(&mut self) -> (Vec<Exec>, bool) {
             match *self {}
         }
         pub(super) fn allow_pending(&mut self) {
