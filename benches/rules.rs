@@ -35,7 +35,8 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn summary(name: &str, mut samples: Vec<Duration>) -> Duration {
+/// Prints one row; returns the (min, median).
+fn summary(name: &str, mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
     let median = percentile(&samples, 0.5);
     println!(
@@ -46,7 +47,7 @@ fn summary(name: &str, mut samples: Vec<Duration>) -> Duration {
         us(percentile(&samples, 0.99)),
         us(*samples.last().unwrap())
     );
-    median
+    (samples[0], median)
 }
 
 /// `n` samples of running `program` to its end.
@@ -109,13 +110,28 @@ fn main() {
         execs(&ruled, n),
     );
     drop(daemon);
+    // The same baseline again: how far two runs of one case differ here.
+    let again = summary(
+        "unrelated executable, no tetherd (again)",
+        execs(&unrelated, n),
+    );
 
-    let delta = |a: Duration, b: Duration| us(a) - us(b);
+    let delta = |a: (Duration, Duration), b: (Duration, Duration)| {
+        format!(
+            "{:+.0} us median, {:+.0} us min",
+            us(a.1) - us(b.1),
+            us(a.0) - us(b.0)
+        )
+    };
     println!();
+    println!("cost of a bound exec: {}", delta(bound, base_ruled));
     println!(
-        "median cost of a bound exec: {:+.0} us; of an exec tetherd reads but does not bind: {:+.0} us; of an unrelated exec: {:+.0} us",
-        delta(bound, base_ruled),
-        delta(unmatched, base_ruled),
-        delta(other, base_other)
+        "cost of an exec tetherd reads but does not bind: {}",
+        delta(unmatched, base_ruled)
+    );
+    println!("cost of an unrelated exec: {}", delta(other, base_other));
+    println!(
+        "noise (one case measured twice): {}",
+        delta(again, base_other)
     );
 }
