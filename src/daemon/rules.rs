@@ -371,8 +371,11 @@ impl<B: Backend> Daemon<B> {
             if self.watcher.has_exited(&handle) {
                 return Err(format!("its ancestor {ppid} exited while it was read"));
             }
+            // A process without an executable (a kernel thread, such as
+            // the kthreadd of a usermode helper) is never a launcher.
             let matches = match (&rule.launcher, &exe) {
-                (None, _) => true,
+                (None, Ok(_)) => true,
+                (None, Err(_)) => false,
                 (Some(pattern), Ok(exe)) => glob_matches(pattern, &exe.to_string_lossy()),
                 (Some(_), Err(_)) => false,
             };
