@@ -483,3 +483,35 @@ fn a_users_launcher_cannot_have_a_set_user_id_captive_signalled() {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(privileged), Signal::SIGKILL);
     reap(privileged, TIMEOUT);
 }
+
+/// Without `launcher`, the parent is the launcher whatever it runs; the
+/// JSON status counts the match.
+#[test]
+fn a_rule_without_a_launcher_binds_to_any_parent() {
+    if !needs_root() {
+        return;
+    }
+    become_subreaper();
+    let programs = Programs::new();
+    let daemon = TestDaemon::start(&format!(
+        "[[rule]]\nname = \"any\"\nexec = \"{}\"\nsignal = 10\n",
+        programs.captive.display()
+    ));
+    let (mut launcher, captive) = programs.launch(Path::new("/bin/sh"), "captive.pid");
+    daemon.wait_log(&format!(
+        "pid {captive} bound to its launcher {}",
+        launcher.pid()
+    ));
+    let (_, json, _) = daemon.ctl(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["rule_source"], "fanotify", "{json}");
+    assert_eq!(status["rules"][0]["name"], "any", "{json}");
+    assert_eq!(status["rules"][0]["matches"], 1, "{json}");
+    launcher.kill9();
+    assert_eq!(
+        reap(captive, TIMEOUT),
+        Some(libc::SIGUSR1),
+        "{}",
+        daemon.log_text()
+    );
+}
