@@ -201,7 +201,7 @@ fn a_captive_that_kills_its_launcher_and_forks_at_once_loses_no_descendant() {
     let daemon = TestDaemon::start(&config);
     let mut launcher = programs.run(
         &programs.launcher,
-        "\"$D/captive-sh\" -c 'trap \"\" TERM; kill -9 $PPID; sleep 1000 & echo $! > \"$D/grandchild.tmp\"; mv \"$D/grandchild.tmp\" \"$D/grandchild\"; wait' & echo $! > \"$D/captive.tmp\"; mv \"$D/captive.tmp\" \"$D/captive.pid\"; wait",
+        "\"$D/captive-sh\" -c 'trap \"\" TERM; echo $$ > \"$D/captive.tmp\"; mv \"$D/captive.tmp\" \"$D/captive.pid\"; kill -9 $PPID; sleep 1000 & echo $! > \"$D/grandchild.tmp\"; mv \"$D/grandchild.tmp\" \"$D/grandchild\"; wait' & wait",
     );
     let captive = read_pid(&programs.path("captive.pid"));
     assert_eq!(launcher.wait_signal(TIMEOUT), Some(libc::SIGKILL));
@@ -462,6 +462,18 @@ fn a_users_launcher_cannot_have_a_set_user_id_captive_signalled() {
     let privileged = read_pid(&out.join("suid-captive"));
     daemon.wait_log(&format!("pid {plain} bound to its launcher"));
     daemon.wait_log(&format!("pid {privileged} bound to its launcher"));
+    // Both execs done (a signal sent before the set-user-id exec commits
+    // its credentials is one the user could have sent itself).
+    let effective_root = || {
+        fs::read_to_string(format!("/proc/{privileged}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+            .unwrap_or(false)
+    };
+    assert!(wait_until(TIMEOUT, || effective_root()
+        && exe(plain) == programs.captive.display().to_string()));
     let (_, list, _) = daemon.ctl(&["list"]);
     assert!(
         list.lines()
