@@ -286,6 +286,10 @@ pub struct StatusInfo {
     /// Descriptors clients passed or left that wait to be closed.
     #[serde(default)]
     pub fds_closing: u64,
+    /// Whether `kill = "cgroup"` is available and where the cgroups
+    /// live, or why not (empty from a tetherd that predates it).
+    #[serde(default)]
+    pub cgroup: String,
     /// How `[[rule]]`s learn of execs (`fanotify`, `connector`, or
     /// `none (why)`); absent without rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -90,6 +90,9 @@ pub struct DaemonSettings {
     pub poll_interval: Duration,
     /// `rule_source`: how rules learn of execs.
     pub rule_source: RuleSource,
+    /// `cgroup_root`: the cgroup v2 directory under which `kill =
+    /// "cgroup"` bindings get their cgroups. `None`: found at start.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
@@ -102,6 +105,7 @@ impl Default for DaemonSettings {
             backend: BackendKind::Auto,
             poll_interval: Duration::from_secs(1),
             rule_source: RuleSource::Auto,
+            cgroup_root: None,
         }
     }
 }

@@ -206,7 +206,7 @@ impl<B: Backend> Daemon<B> {
         }
         // Every process the binding holds costs a descriptor (pidfd
         // backend) and room in the state file: within the uid's budget.
-        let cost = 1 + child_pids.len();
+        let cost = 1 + child_pids.len() + usize::from(kill == crate::config::KillMode::Cgroup);
         self.budget
             .check(uid, cost)
             .map_err(|why| Refusal::new(RefusalCode::Limit, why))?;
@@ -474,6 +474,7 @@ impl<B: Backend> Daemon<B> {
                 .into_iter()
                 .map(|(name, matches)| RuleInfo { name, matches })
                 .collect(),
+            cgroup: self.cgroups.describe(),
         }
     }
 }

@@ -7,17 +7,19 @@
 //! needs the file system. Wildcards (`*`, `?`, `[...]`) are allowed in the
 //! executable's file name only, so expanding one reads one directory.
 //!
-//! This module is a child of `validate` (it shares its helpers: `Cx`,
-//! `string`, `signal`, `grace`, `kill`).
+//! A room of `validate`, with its helpers (`Cx`, `string`, `signal`,
+//! `grace`, `kill`).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use toml::de::DeValue;
 
-use super::{absolute_path, grace, kill, position, raw, signal, string, Cx, Entry, Problem, Value};
+use super::problems::{position, Cx, Problem};
+use super::values::{absolute_path, grace, kill, signal, string};
 use crate::config::model::{BackendKind, Defaults, Grace, KillMode, Signal};
 use crate::config::name::{check_name, quote_name};
+use crate::config::raw::{self, Entry, Value};
 
 /// Keys of a `[[rule]]`.
 pub(super) const RULE_KEYS: [&str; 7] = [
