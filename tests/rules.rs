@@ -527,3 +527,57 @@ fn a_rule_without_a_launcher_binds_to_any_parent() {
         daemon.log_text()
     );
 }
+
+/// `kill = "cgroup"` from a rule: the captive is in its binding's cgroup
+/// before its first instruction, so a daemon it double-forks at once
+/// cannot escape; the launcher's death ends them all.
+#[test]
+fn a_rule_with_kill_cgroup_holds_a_double_forked_escaper() {
+    if !needs_root() {
+        return;
+    }
+    let place = match tether::locate_cgroups(None, false) {
+        Ok(place) => place,
+        Err(why) => {
+            eprintln!("skipped: no usable cgroup v2 here: {why}");
+            return;
+        }
+    };
+    let root = place.mount.join(format!(
+        "tether-rules-test-{}-{}",
+        std::process::id(),
+        backend_name()
+    ));
+    become_subreaper();
+    let programs = Programs::new();
+    let captive_shell = copy_program("bash", programs.dir.path(), "captive-sh");
+    let daemon = TestDaemon::start(&format!(
+        "[daemon]\ncgroup_root = {:?}\n[[rule]]\nname = \"held\"\nexec = \"{}\"\nlauncher = \"{}\"\nkill = \"cgroup\"\ngrace = \"1s\"\n",
+        root.display().to_string(),
+        captive_shell.display(),
+        programs.launcher.display()
+    ));
+    let mut launcher = programs.run(
+        &programs.launcher,
+        "\"$D/captive-sh\" -c '(setsid sleep 1000 & echo $! > \"$D/esc.tmp\"; mv \"$D/esc.tmp\" \"$D/escaper\") & sleep 1000' & echo $! > \"$D/captive.tmp\"; mv \"$D/captive.tmp\" \"$D/captive.pid\"; wait",
+    );
+    let captive = read_pid(&programs.path("captive.pid"));
+    let escaper = read_pid(&programs.path("escaper"));
+    daemon.wait_log(&format!("pid {captive} bound to its launcher"));
+    launcher.kill9();
+    let gone = wait_until(TIMEOUT, || ended(captive) && ended(escaper));
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(escaper), Signal::SIGKILL);
+    reap(captive, TIMEOUT);
+    drop(daemon);
+    if let Ok(dir) = fs::read_dir(&root) {
+        for cgroup in dir.flatten().filter(|e| e.path().is_dir()) {
+            let _ = fs::write(cgroup.path().join("cgroup.kill"), "1");
+            wait_until(TIMEOUT, || fs::remove_dir(cgroup.path()).is_ok());
+        }
+    }
+    let _ = fs::remove_dir(&root);
+    assert!(
+        gone,
+        "captive {captive} or the escaper {escaper} still runs"
+    );
+}
