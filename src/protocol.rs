@@ -235,9 +235,13 @@ pub struct BindingInfo {
     /// Its label, if named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// "config" or "socket".
+    /// "config", "socket" or "rule".
     pub origin: String,
-    /// The uid that made it (0 for the configuration file).
+    /// The `[[rule]]` that made it (origin "rule").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The uid that made it (0 for the configuration file; a rule's
+    /// binding: its launcher's uid).
     pub uid: u32,
     /// The parent's pid.
     pub parent: i32,
@@ -286,6 +290,22 @@ pub struct StatusInfo {
     /// live, or why not (empty from a tetherd that predates it).
     #[serde(default)]
     pub cgroup: String,
+    /// How `[[rule]]`s learn of execs (`fanotify`, `connector`, or
+    /// `none (why)`); absent without rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_source: Option<String>,
+    /// Each rule with the processes it bound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleInfo>,
+}
+
+/// One `[[rule]]` as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    /// Its name.
+    pub name: String,
+    /// Processes it bound since it came into force.
+    pub matches: u64,
 }
 
 /// What a reload did.

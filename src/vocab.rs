@@ -218,3 +218,34 @@ impl fmt::Display for KillMode {
         }
     }
 }
+
+/// `[daemon] rule_source`: how tetherd learns of the execs `[[rule]]`s
+/// match (Linux only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RuleSource {
+    /// fanotify if the kernel allows it, else the process connector.
+    #[default]
+    Auto,
+    /// fanotify `FAN_OPEN_EXEC_PERM`: the exec waits until the binding is
+    /// made (bound before its first instruction).
+    Fanotify,
+    /// The process connector's exec events: after the fact.
+    Connector,
+}
+
+impl RuleSource {
+    /// The name written in the configuration and shown by `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleSource::Auto => "auto",
+            RuleSource::Fanotify => "fanotify",
+            RuleSource::Connector => "connector",
+        }
+    }
+}
+
+impl fmt::Display for RuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}

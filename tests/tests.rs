@@ -70,6 +70,8 @@ mod reload;
 #[cfg(target_os = "linux")]
 mod reuse;
 #[cfg(target_os = "linux")]
+mod rules;
+#[cfg(target_os = "linux")]
 mod scale;
 #[cfg(target_os = "linux")]
 mod service;

@@ -579,7 +579,10 @@ fn table(bindings: &[BindingInfo]) -> String {
             b.name
                 .as_deref()
                 .map_or_else(|| "-".into(), tether::escape_name),
-            b.origin.clone(),
+            match &b.rule {
+                Some(rule) => format!("rule:{}", tether::escape_name(rule)),
+                None => b.origin.clone(),
+            },
             b.uid.to_string(),
             b.parent.to_string(),
             if children.is_empty() {
@@ -641,6 +644,16 @@ fn status(socket: &Target, json: bool) -> Outcome {
     );
     if !status.cgroup.is_empty() {
         println!("cgroup:       {}", status.cgroup);
+    }
+    if let Some(source) = &status.rule_source {
+        println!("rule source:  {source}");
+        for rule in &status.rules {
+            println!(
+                "rule:         {} ({} matched)",
+                tether::escape_name(&rule.name),
+                rule.matches
+            );
+        }
     }
     Ok(Exit::Ok)
 }

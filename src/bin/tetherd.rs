@@ -152,8 +152,12 @@ fn main() -> ExitCode {
                 eprintln!("tetherd: warning: {}: {warning}", source.path.display());
             }
         }
+        let rules = match config.rules.len() {
+            0 => String::new(),
+            n => format!(", {n} rules"),
+        };
         println!(
-            "{}: configuration OK ({} bindings)",
+            "{}: configuration OK ({} bindings{rules})",
             source.path.display(),
             config.bindings.len() + config.pidfile_bindings.len()
         );

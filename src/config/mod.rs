@@ -13,12 +13,13 @@ mod name;
 mod raw;
 mod validate;
 
-pub use error::ConfigErrors;
+pub use error::{ConfigError, ConfigErrors};
 pub use model::{
-    BackendKind, BindingSpec, Config, Defaults, Grace, KillMode, Pid, PidSource,
-    PidfileBindingSpec, ProcSpec, Signal,
+    BackendKind, BindingSpec, Config, Defaults, Grace, KillMode, LauncherMatch, Pid, PidSource,
+    PidfileBindingSpec, ProcSpec, RuleSource, RuleSpec, Signal,
 };
 pub use name::{check_name, escape_name, is_hidden, name_for_program};
+pub use validate::rule::{glob_matches, is_glob};
 pub use validate::{parse_duration, parse_kill, parse_poll_interval, parse_signal};
 
 use std::io::Read;

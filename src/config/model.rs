@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::vocab::{BackendKind, Grace, KillMode, Pid, ProcSpec, Signal};
+pub use super::validate::rule::{LauncherMatch, RuleSpec};
+pub use crate::vocab::{BackendKind, Grace, KillMode, Pid, ProcSpec, RuleSource, Signal};
 
 /// A whole, validated configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -24,6 +25,8 @@ pub struct Config {
     /// The `[[binding]]` entries naming a pidfile for the parent or the
     /// child: resolved into a [`BindingSpec`] when the daemon loads them.
     pub pidfile_bindings: Vec<PidfileBindingSpec>,
+    /// The `[[rule]]` entries, in file order, with `[defaults]` applied.
+    pub rules: Vec<RuleSpec>,
 }
 
 /// Where a binding's process comes from.
@@ -85,6 +88,8 @@ pub struct DaemonSettings {
     pub backend: BackendKind,
     /// `poll_interval`: how often the `poll` backend looks.
     pub poll_interval: Duration,
+    /// `rule_source`: how rules learn of execs.
+    pub rule_source: RuleSource,
     /// `cgroup_root`: the cgroup v2 directory under which `kill =
     /// "cgroup"` bindings get their cgroups. `None`: found at start.
     pub cgroup_root: Option<PathBuf>,
@@ -99,6 +104,7 @@ impl Default for DaemonSettings {
             max_bindings_per_uid: 1024,
             backend: BackendKind::Auto,
             poll_interval: Duration::from_secs(1),
+            rule_source: RuleSource::Auto,
             cgroup_root: None,
         }
     }

@@ -80,6 +80,11 @@ impl<'i> RawConfig<'i> {
         self.entry("binding")
     }
 
+    /// `[[rule]]`, if present: normally an array of tables.
+    pub(super) fn rule(&self) -> Option<Entry<'_, 'i>> {
+        self.entry("rule")
+    }
+
     /// Every other top-level key, in file order.
     pub(super) fn unknown(&self) -> Vec<Entry<'_, 'i>> {
         let mut unknown: Vec<Entry<'_, 'i>> = self
@@ -101,7 +106,7 @@ impl<'i> RawConfig<'i> {
 
 /// The top-level keys tether knows, in the order the documentation gives
 /// them.
-pub(super) const TOP_LEVEL_KEYS: [&str; 3] = ["daemon", "defaults", "binding"];
+pub(super) const TOP_LEVEL_KEYS: [&str; 4] = ["daemon", "defaults", "binding", "rule"];
 
 impl SyntaxError {
     fn new(err: &toml::de::Error, text: &str) -> Self {

@@ -359,7 +359,7 @@ impl<B: Backend> Daemon<B> {
         if let Some(hold) = hold {
             self.cgroups.drop_hold(hold, &binding.label());
         }
-        if matches!(binding.origin, Origin::Socket { .. }) {
+        if matches!(binding.origin, Origin::Socket { .. } | Origin::Rule { .. }) {
             debug!("{}: done", binding.label());
             if let Some(binding) = self.bindings.remove(id) {
                 self.close(binding);

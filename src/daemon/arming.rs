@@ -210,7 +210,11 @@ impl<B: Backend> Daemon<B> {
     /// daemon's own user and the configuration.
     pub(super) fn budget_uid(origin: Origin) -> u32 {
         match origin {
-            Origin::Socket { uid } if uid != nix::unistd::geteuid().as_raw() => uid,
+            Origin::Socket { uid } | Origin::Rule { uid }
+                if uid != nix::unistd::geteuid().as_raw() =>
+            {
+                uid
+            }
             _ => 0,
         }
     }
@@ -246,6 +250,7 @@ impl<B: Backend> Daemon<B> {
         let opened = self.watcher.open(spec.pid);
         let pin_source = match origin {
             Origin::Config => "the configured pin",
+            Origin::Rule { .. } => "the pin taken when the rule matched",
             Origin::Socket { .. } => "the pin taken at bind time",
         };
         let Some(entry) = entry.filter(|_| spec.start.is_none() && spec.inode.is_none()) else {

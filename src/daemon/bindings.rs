@@ -55,6 +55,15 @@ pub enum Origin {
         /// The caller's uid.
         uid: u32,
     },
+    /// Made by a `[[rule]]` when a matching process started (named
+    /// `RULE:PID`); forgotten when done. It acts on behalf of its
+    /// launcher's user (0 when the launcher runs as root): what it holds
+    /// is counted against that uid, and it signals only what that uid
+    /// could (no set-user-id captive for a user's launcher).
+    Rule {
+        /// The launcher's uid.
+        uid: u32,
+    },
 }
 
 /// `binding "name"` or `binding PARENT->CHILD`, with the id and uid for
@@ -62,6 +71,7 @@ pub enum Origin {
 pub fn label(spec: &BindingSpec, origin: Origin, id: u64) -> String {
     match origin {
         Origin::Config => format!("binding {}", spec.label()),
+        Origin::Rule { .. } => format!("binding {} #{id}", spec.label()),
         Origin::Socket { uid } => format!("binding {} #{id} (uid {uid})", spec.label()),
     }
 }
@@ -152,7 +162,7 @@ impl<H> Binding<H> {
     /// bindings and root's.
     pub fn deputy_for(&self, admin: u32) -> Option<u32> {
         match self.origin {
-            Origin::Socket { uid } if uid != 0 && uid != admin => Some(uid),
+            Origin::Socket { uid } | Origin::Rule { uid } if uid != 0 && uid != admin => Some(uid),
             _ => None,
         }
     }

@@ -27,6 +27,7 @@ mod persist;
 pub mod pidfile;
 mod reload;
 mod requests;
+mod rules;
 mod scope;
 mod serve;
 mod state;
@@ -72,8 +73,10 @@ const BACKEND_TOKEN: Token = Token(RESERVED_TOKENS + 2);
 const WAKER_TOKEN: Token = Token(RESERVED_TOKENS + 3);
 /// The token of the inotify descriptor on the cgroups' `cgroup.events`.
 const CGROUP_TOKEN: Token = Token(RESERVED_TOKENS + 4);
+/// The token of the rules' exec source (see `rules`).
+const RULES_TOKEN: Token = Token(RESERVED_TOKENS + 5);
 /// Connection `i` has token `CONN_TOKENS + i`.
-const CONN_TOKENS: usize = RESERVED_TOKENS + 5;
+const CONN_TOKENS: usize = RESERVED_TOKENS + 6;
 
 /// Everything the loop reacts to, from the token that announced it. The
 /// set is closed: a new source of events is a new variant, handled in
@@ -95,6 +98,8 @@ enum Event {
     Conn(usize),
     /// A binding member (its token) exited.
     Member(Token),
+    /// The rules' exec source has execs to handle (and answer).
+    Rules,
 }
 
 impl Event {
@@ -104,6 +109,7 @@ impl Event {
             LISTENER_TOKEN => Event::Listener,
             BACKEND_TOKEN => Event::Backend,
             WAKER_TOKEN => Event::Closer,
+            RULES_TOKEN => Event::Rules,
             CGROUP_TOKEN => Event::Cgroup,
             Token(n) if n >= CONN_TOKENS => Event::Conn(n - CONN_TOKENS),
             token => Event::Member(token),
@@ -169,7 +175,8 @@ impl ConfigSource {
                         "the file is empty while {n_held} configured bindings are held (rewritten in place?); to drop them all, leave a comment in it"
                     )));
                 }
-                return config::parse(&snapshot.text, &self.path, watch::available());
+                return config::parse(&snapshot.text, &self.path, watch::available())
+                    .and_then(|config| rules::check_files(config, &self.path));
             }
             let pause = CONFIG_SETTLE
                 .saturating_sub(age)
@@ -298,6 +305,8 @@ pub struct Daemon<B: Backend> {
     /// `[daemon] backend` and `poll_interval` as last loaded, to warn
     /// when a reload changes what only a restart applies.
     watch_settings: (config::BackendKind, Duration),
+    /// `[[rule]]`s and their exec source.
+    rules: rules::Rules,
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -381,6 +390,7 @@ impl<B: Backend> Daemon<B> {
             fd_limit,
             cgroups,
             watch_settings: (config.daemon.backend, config.daemon.poll_interval),
+            rules: rules::Rules::default(),
         };
         daemon.restore(loaded.bindings);
         daemon.apply(config);
@@ -423,6 +433,9 @@ impl<B: Backend> Daemon<B> {
             tokens.clear();
             tokens.extend(self.events.iter().map(|event| event.token()));
             tokens.extend(self.backlog.drain(..).map(|idx| Token(CONN_TOKENS + idx)));
+            if self.rules.has_more() && !tokens.contains(&RULES_TOKEN) {
+                tokens.push(RULES_TOKEN);
+            }
             if self.watcher.has_pending() || tokens.contains(&BACKEND_TOKEN) {
                 self.watcher.collect(&mut tokens);
             }
@@ -449,6 +462,7 @@ impl<B: Backend> Daemon<B> {
                     Event::Cgroup => self.cgroup_event(),
                     Event::Conn(idx) => self.conn_event(idx),
                     Event::Member(token) => self.member_event(token),
+                    Event::Rules => self.rules_event(),
                 }
             }
             self.run_due_retries();
@@ -479,7 +493,7 @@ impl<B: Backend> Daemon<B> {
     /// connection's idle timeout), zero while input is left unread, or
     /// forever when nothing is pending.
     fn next_timeout(&mut self) -> Option<Duration> {
-        if !self.backlog.is_empty() || self.watcher.has_pending() {
+        if !self.backlog.is_empty() || self.watcher.has_pending() || self.rules.has_more() {
             return Some(Duration::ZERO);
         }
         // Deadlines of bindings that finished or went away before their

@@ -107,6 +107,7 @@ impl<B: Backend> Daemon<B> {
         if !self.options.log_from_env {
             log::set_max_level(config.daemon.log);
         }
+        self.apply_rules(std::mem::take(&mut config.rules), config.daemon.rule_source);
         self.defaults = config.defaults;
         self.max_per_uid = config.daemon.max_bindings_per_uid;
         let capacity = budget::capacity(self.fd_limit, self.watcher.holds_descriptors());

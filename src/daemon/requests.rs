@@ -16,7 +16,9 @@ use super::bindings::{Member, MAX_CHILDREN};
 use super::serve::Ack;
 use super::{Daemon, Origin, Phase, Proven};
 use crate::config::{parse_duration, parse_kill, parse_signal, BindingSpec, Pid, ProcSpec};
-use crate::protocol::{BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo};
+use crate::protocol::{
+    BindRequest, BindingInfo, Op, ProcRef, Request, Response, RuleInfo, StatusInfo,
+};
 use crate::sys::PeerCred;
 use crate::watch::{Backend, Identity};
 
@@ -372,11 +374,9 @@ impl<B: Backend> Daemon<B> {
             )
         };
         let Some(&id) = self.ids.get(&public_id) else {
-            if self
-                .bindings
-                .iter()
-                .any(|(_, b)| b.id == public_id && b.origin == Origin::Config)
-            {
+            if self.bindings.iter().any(|(_, b)| {
+                b.id == public_id && matches!(b.origin, Origin::Config | Origin::Rule { .. })
+            }) {
                 return Err(from_config());
             }
             return Err(none());
@@ -385,7 +385,7 @@ impl<B: Backend> Daemon<B> {
             return Err(none());
         };
         match binding.origin {
-            Origin::Config => Err(from_config()),
+            Origin::Config | Origin::Rule { .. } => Err(from_config()),
             Origin::Socket { uid } if uid != peer.uid && !Self::is_admin(peer) => Err(none()),
             Origin::Socket { .. } => {
                 self.mark_durable();
@@ -410,10 +410,21 @@ impl<B: Backend> Daemon<B> {
                 origin: match b.origin {
                     Origin::Config => "config".into(),
                     Origin::Socket { .. } => "socket".into(),
+                    Origin::Rule { .. } => "rule".into(),
                 },
+                rule: matches!(b.origin, Origin::Rule { .. })
+                    .then(|| {
+                        b.spec
+                            .name
+                            .as_deref()
+                            .and_then(|n| n.rsplit_once(':'))
+                            .map(|(rule, _)| rule.to_string())
+                    })
+                    .flatten(),
                 uid: match b.origin {
                     // The configuration file is the daemon's own.
                     Origin::Config => nix::unistd::geteuid().as_raw(),
+                    Origin::Rule { uid } => uid,
                     Origin::Socket { uid } => uid,
                 },
                 parent: b.spec.parent.pid.get(),
@@ -456,6 +467,13 @@ impl<B: Backend> Daemon<B> {
                         .room(Self::budget_uid(Origin::Socket { uid: peer.uid })),
             ),
             fds_closing: count(self.closer.pending_total()),
+            rule_source: self.rules.source(),
+            rules: self
+                .rules
+                .counts()
+                .into_iter()
+                .map(|(name, matches)| RuleInfo { name, matches })
+                .collect(),
             cgroup: self.cgroups.describe(),
         }
     }

@@ -4,6 +4,8 @@
 //! hands back owned, safe types (`OwnedFd`, `io::Result`). Platform files are
 //! chosen here, once; callers outside `sys` and `watch` never see `cfg`.
 
+#[cfg(target_os = "linux")]
+pub mod fanotify;
 #[cfg(linux_like)]
 pub mod linux;
 

@@ -30,6 +30,7 @@ use mio::{Registry, Token};
 pub use crate::vocab::BackendKind;
 use crate::vocab::{Pid, Signal};
 
+pub mod exec;
 mod pids;
 
 #[cfg(linux_like)]

@@ -55,13 +55,14 @@ use crate::sys::linux as sys;
 use crate::vocab::{Pid, Signal};
 
 /// `CN_IDX_PROC` and `CN_VAL_PROC` (linux/connector.h).
-const CN_IDX_PROC: u32 = 1;
+pub(super) const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
 /// `PROC_CN_MCAST_LISTEN` (linux/cn_proc.h).
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 /// `proc_event.what` values.
 const PROC_EVENT_NONE: u32 = 0;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+pub(super) const PROC_EVENT_EXEC: u32 = 0x0000_0002;
 /// `NLMSG_DONE`: the type the connector's messages carry.
 const NLMSG_DONE: u16 = 3;
 /// Sizes of `struct nlmsghdr` and `struct cn_msg`.
@@ -356,6 +357,12 @@ fn exited_given(pid: i32, start: u64, stat: &io::Result<Option<procfs::Stat>>) -
 /// network byte order, so the constants are the native bytes read
 /// big-endian.
 fn exit_filter() -> [libc::sock_filter; 5] {
+    event_filter(PROC_EVENT_EXIT)
+}
+
+/// The filter of [`exit_filter`] for the events `what` (`watch::exec`
+/// takes exec events).
+pub(super) fn event_filter(what_passes: u32) -> [libc::sock_filter; 5] {
     let insn = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
         code: u16::try_from(code).unwrap_or(0),
         jt,
@@ -363,7 +370,7 @@ fn exit_filter() -> [libc::sock_filter; 5] {
         k,
     };
     let what = u32::try_from(NLMSG_HDRLEN + CN_MSG_LEN).unwrap_or(36);
-    let exit = u32::from_be_bytes(PROC_EVENT_EXIT.to_ne_bytes());
+    let exit = u32::from_be_bytes(what_passes.to_ne_bytes());
     let none = u32::from_be_bytes(PROC_EVENT_NONE.to_ne_bytes());
     [
         insn(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, what),
@@ -375,7 +382,7 @@ fn exit_filter() -> [libc::sock_filter; 5] {
 }
 
 /// `PROC_CN_MCAST_LISTEN` as a netlink message: nlmsghdr, cn_msg, op.
-fn listen_message(seq: u32) -> Vec<u8> {
+pub(super) fn listen_message(seq: u32) -> Vec<u8> {
     let payload: u32 = PROC_CN_MCAST_LISTEN;
     let total = NLMSG_HDRLEN + CN_MSG_LEN + 4;
     let mut msg = Vec::with_capacity(total);
@@ -449,9 +456,24 @@ fn parse_exits(buf: &[u8], tgids: &mut Vec<i32>) {
     }
 }
 
+/// The thread-group id of every exec event in `buf`.
+pub(super) fn parse_execs(buf: &[u8]) -> Vec<i32> {
+    let mut tgids = Vec::new();
+    for (_, _, what, data) in messages(buf) {
+        if what != PROC_EVENT_EXEC {
+            continue;
+        }
+        // exec_proc_event: process_pid, process_tgid.
+        if let Some(tgid) = u32_at(buf, data + 4).and_then(|t| i32::try_from(t).ok()) {
+            tgids.push(tgid);
+        }
+    }
+    tgids
+}
+
 /// Waits for the kernel's answer to our subscription: a `PROC_EVENT_NONE`
 /// message whose `ack` is one more than ours, with an error code.
-fn wait_for_ack(socket: &OwnedFd, seq: u32) -> io::Result<()> {
+pub(super) fn wait_for_ack(socket: &OwnedFd, seq: u32) -> io::Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let deadline = Instant::now() + ACK_TIMEOUT;
     let mut buf = vec![0u8; 64 * 1024];

@@ -10,7 +10,7 @@ use super::values::{
 };
 
 /// Keys of `[daemon]`.
-pub(super) const DAEMON_KEYS: [&str; 7] = [
+pub(super) const DAEMON_KEYS: [&str; 8] = [
     "log",
     "state",
     "socket",
@@ -18,6 +18,7 @@ pub(super) const DAEMON_KEYS: [&str; 7] = [
     "backend",
     "poll_interval",
     "cgroup_root",
+    "rule_source",
 ];
 
 /// Keys of `[defaults]`.
@@ -43,6 +44,9 @@ pub(super) fn daemon_settings(
     }
     if let Some((socket, _)) = cx.field(table, "socket", |value| socket_path(string(value)?)) {
         settings.socket = Some(socket.into());
+    }
+    if let Some((source, _)) = cx.field(table, "rule_source", super::rule::rule_source) {
+        settings.rule_source = source;
     }
     if let Some((root, _)) = cx.field(table, "cgroup_root", |value| {
         absolute_path(string(value)?, "/sys/fs/cgroup/tether")
@@ -202,7 +206,7 @@ state = "state.json"
             &[
                 "t.toml:2:7: [daemon]: log: expected a string, found an integer",
                 "t.toml:3:9: [daemon]: state: empty path (remove the key to use the default)",
-                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval, cgroup_root) (did you mean "log"?)"#,
+                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval, cgroup_root, rule_source) (did you mean "log"?)"#,
             ],
         );
         check(

@@ -12,12 +12,14 @@
 //! `[[binding]]` (pid or pidfile sides, pins) and the checks across
 //! bindings; `children` its `child`/`children` and their entries; `values`
 //! the value parsers (signal, duration, kill mode, log level, pid, pins,
-//! paths) that the file and the command line share.
+//! paths) that the file and the command line share; `rule` each
+//! `[[rule]]` and the glob matcher.
 
 mod binding;
 mod children;
 mod daemon;
 mod problems;
+pub(super) mod rule;
 #[cfg(test)]
 mod testing;
 mod values;
@@ -83,6 +85,9 @@ pub(super) fn validate(
         None => Vec::new(),
     };
     cross_check(&checked, &mut problems);
+    let rules = raw.rule().map_or_else(Vec::new, |entry| {
+        rule::rules(&entry, text, &defaults, backends, &mut problems)
+    });
 
     if problems.is_empty() {
         Ok(Config {
@@ -90,6 +95,7 @@ pub(super) fn validate(
             defaults,
             bindings: checked.into_iter().map(|binding| binding.spec).collect(),
             pidfile_bindings,
+            rules,
         })
     } else {
         // Stable: problems found at one place keep the order they were found.
@@ -111,8 +117,8 @@ pub(super) fn validate(
 
 /// How a top-level table is written in a header.
 pub(super) fn header(name: &str) -> String {
-    if name == "binding" {
-        "[[binding]]".to_string()
+    if name == "binding" || name == "rule" {
+        format!("[[{name}]]")
     } else {
         format!("[{name}]")
     }
@@ -135,7 +141,7 @@ fn unknown_top_level(entry: &Entry<'_, '_>, text: &str, problems: &mut Vec<Probl
             };
             (
                 entry.value.span(),
-                format!("unknown table {shown} (expected [daemon], [defaults] or [[binding]])"),
+                format!("unknown table {shown} (expected [daemon], [defaults], [[binding]] or [[rule]])"),
             )
         }
         _ => {
@@ -145,13 +151,15 @@ fn unknown_top_level(entry: &Entry<'_, '_>, text: &str, problems: &mut Vec<Probl
                 Some("[defaults] or a [[binding]]")
             } else if BINDING_KEYS.contains(&name) {
                 Some("a [[binding]]")
+            } else if rule::is_rule_key(name) {
+                Some("a [[rule]]")
             } else {
                 None
             };
             let message = match home {
                 Some(home) => format!("unknown key {name:?} at the top level (put it under {home})"),
                 None => format!(
-                    "unknown key {name:?} (expected the tables [daemon], [defaults] and [[binding]])"
+                    "unknown key {name:?} (expected the tables [daemon], [defaults], [[binding]] and [[rule]])"
                 ),
             };
             (entry.key.span(), message)
@@ -311,13 +319,13 @@ parent = 2
 [[defaulds]]
 "#,
             &[
-                r#"t.toml:1:1: unknown key "stray" (expected the tables [daemon], [defaults] and [[binding]])"#,
+                r#"t.toml:1:1: unknown key "stray" (expected the tables [daemon], [defaults], [[binding]] and [[rule]])"#,
                 r#"t.toml:2:1: unknown key "signal" at the top level (put it under [defaults] or a [[binding]])"#,
                 r#"t.toml:3:1: unknown key "parent" at the top level (put it under a [[binding]])"#,
                 r#"t.toml:4:1: unknown key "log" at the top level (put it under [daemon])"#,
-                "t.toml:5:1: unknown table [deamon] (expected [daemon], [defaults] or [[binding]]) (did you mean [daemon]?)",
-                "t.toml:7:1: unknown table [[bindings]] (expected [daemon], [defaults] or [[binding]]) (did you mean [[binding]]?)",
-                "t.toml:9:1: unknown table [[defaulds]] (expected [daemon], [defaults] or [[binding]]) (did you mean [defaults]?)",
+                "t.toml:5:1: unknown table [deamon] (expected [daemon], [defaults], [[binding]] or [[rule]]) (did you mean [daemon]?)",
+                "t.toml:7:1: unknown table [[bindings]] (expected [daemon], [defaults], [[binding]] or [[rule]]) (did you mean [[binding]]?)",
+                "t.toml:9:1: unknown table [[defaulds]] (expected [daemon], [defaults], [[binding]] or [[rule]]) (did you mean [defaults]?)",
             ],
         );
         check(
