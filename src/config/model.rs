@@ -85,6 +85,9 @@ pub struct DaemonSettings {
     pub backend: BackendKind,
     /// `poll_interval`: how often the `poll` backend looks.
     pub poll_interval: Duration,
+    /// `metrics_file`: where the metrics are written for node_exporter's
+    /// textfile collector, if anywhere.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
@@ -96,6 +99,7 @@ impl Default for DaemonSettings {
             max_bindings_per_uid: 1024,
             backend: BackendKind::Auto,
             poll_interval: Duration::from_secs(1),
+            metrics_file: None,
         }
     }
 }

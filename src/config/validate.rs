@@ -24,13 +24,14 @@ use super::name::{check_name, quote_name};
 use super::raw::{self, Entry, RawConfig, SyntaxError, Table, Value, TOP_LEVEL_KEYS};
 
 /// Keys of `[daemon]`.
-const DAEMON_KEYS: [&str; 6] = [
+const DAEMON_KEYS: [&str; 7] = [
     "log",
     "state",
     "socket",
     "max_bindings_per_uid",
     "backend",
     "poll_interval",
+    "metrics_file",
 ];
 /// Keys of `[defaults]`.
 const DEFAULTS_KEYS: [&str; 3] = ["signal", "grace", "kill"];
@@ -471,6 +472,14 @@ fn daemon_settings(
     }
     if let Some((socket, _)) = cx.field(table, "socket", |value| socket_path(string(value)?)) {
         settings.socket = Some(socket.into());
+    }
+    if let Some((file, _)) = cx.field(table, "metrics_file", |value| {
+        absolute_path(
+            string(value)?,
+            "/var/lib/prometheus/node-exporter/tether.prom",
+        )
+    }) {
+        settings.metrics_file = Some(file.into());
     }
     if let Some((max, _)) = cx.field(table, "max_bindings_per_uid", max_per_uid) {
         settings.max_bindings_per_uid = max;
@@ -1603,7 +1612,7 @@ state = "state.json"
             &[
                 "t.toml:2:7: [daemon]: log: expected a string, found an integer",
                 "t.toml:3:9: [daemon]: state: empty path (remove the key to use the default)",
-                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval) (did you mean "log"?)"#,
+                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval, metrics_file) (did you mean "log"?)"#,
             ],
         );
         check(

@@ -21,6 +21,8 @@ mod bindings;
 mod budget;
 mod closer;
 mod control;
+mod events;
+mod metrics;
 mod persist;
 pub mod pidfile;
 mod reload;
@@ -289,6 +291,8 @@ pub struct Daemon<B: Backend> {
     /// `[daemon] backend` and `poll_interval` as last loaded, to warn
     /// when a reload changes what only a restart applies.
     watch_settings: (config::BackendKind, Duration),
+    /// The event stream and the metrics it feeds.
+    feed: events::Feed,
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -365,6 +369,7 @@ impl<B: Backend> Daemon<B> {
             started: Instant::now(),
             fd_limit,
             watch_settings: (config.daemon.backend, config.daemon.poll_interval),
+            feed: events::Feed::new(),
         };
         daemon.restore(loaded.bindings);
         daemon.apply(config);
@@ -397,6 +402,7 @@ impl<B: Backend> Daemon<B> {
                 }
                 return Err(err);
             }
+            self.woke();
             tokens.clear();
             tokens.extend(self.events.iter().map(|event| event.token()));
             tokens.extend(self.backlog.drain(..).map(|idx| Token(CONN_TOKENS + idx)));
@@ -431,6 +437,8 @@ impl<B: Backend> Daemon<B> {
             self.run_due_timers();
             self.expire_idle_conns();
             self.commit();
+            self.pump_events();
+            self.write_metrics_if_due();
         }
     }
 
@@ -478,10 +486,17 @@ impl<B: Backend> Daemon<B> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // A change to the metrics file waits at most a second for its
+        // write; nothing is pending while idle.
+        let escalation = match (escalation, self.feed.metrics.file_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let idle = self
             .conns
             .iter()
             .flatten()
+            .filter(|c| !c.streaming)
             .map(|c| c.last_active + IDLE_TIMEOUT)
             .min();
         let deadline = match (escalation, idle) {

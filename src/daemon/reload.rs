@@ -108,6 +108,9 @@ impl<B: Backend> Daemon<B> {
             log::set_max_level(config.daemon.log);
         }
         self.defaults = config.defaults;
+        self.feed
+            .metrics
+            .set_file(config.daemon.metrics_file.clone());
         self.max_per_uid = config.daemon.max_bindings_per_uid;
         self.budget
             .set_limits(self.fd_limit, config.daemon.max_bindings_per_uid);
@@ -214,12 +217,14 @@ impl<B: Backend> Daemon<B> {
             self.bindings.len()
         );
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        ReloadInfo {
+        let info = ReloadInfo {
             added: count(n_added),
             removed: count(n_removed),
             unchanged: count(n_unchanged),
             failed: count(n_failed),
-        }
+        };
+        self.feed.emit(None, events::What::ReloadApplied(info));
+        info
     }
 
     /// Reads the pidfiles of a binding and makes it a pid binding.
