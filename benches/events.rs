@@ -1,6 +1,8 @@
 //! The cost of an `events --follow` reader on the delay from a parent's
-//! exit to its child's signal: three daemons side by side, one with no
-//! reader, one with a reader that keeps up, one with a reader that never
+//! exit to its child's signal: four daemons side by side, one with no
+//! reader, one with a reader that keeps up, the same with the reader at
+//! SCHED_IDLE (so that, on a small machine, the reader's own CPU time does
+//! not compete with the probe's wake-up), and one with a reader that never
 //! reads (so its output bound is full and the ring overtakes it), their
 //! rounds interleaved, per backend (pidfd and netlink by default;
 //! `--backends pidfd,netlink,poll`).
@@ -36,6 +38,28 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A reader that keeps up with `events --follow` on `daemon`, on a thread
+/// of its own (at SCHED_IDLE with `idle`), counting the lines it reads.
+fn reader_thread(daemon: &Tetherd, idle: bool) -> (Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+    let n_read = Arc::new(AtomicU64::new(0));
+    let reader = follow(daemon);
+    let counter = Arc::clone(&n_read);
+    let thread = std::thread::spawn(move || {
+        if idle {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sets the calling thread's policy from a valid param.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        }
+        for line in BufReader::new(reader).lines() {
+            if line.is_err() {
+                return;
+            }
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    (n_read, thread)
+}
 
 /// A subscriber to `events --follow` on `daemon`.
 fn follow(daemon: &Tetherd) -> UnixStream {
@@ -93,24 +117,16 @@ fn main() {
     for backend in &backends {
         let plain = Tetherd::start_on(Some(backend), "");
         let reading = Tetherd::start_on(Some(backend), "");
+        let reading_idle = Tetherd::start_on(Some(backend), "");
         let stalled = Tetherd::start_on(Some(backend), "");
-        // The reader that keeps up, on a thread of its own.
-        let n_read = Arc::new(AtomicU64::new(0));
-        let reader = follow(&reading);
-        let counter = Arc::clone(&n_read);
-        let thread = std::thread::spawn(move || {
-            for line in BufReader::new(reader).lines() {
-                if line.is_err() {
-                    return;
-                }
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        });
+        let (n_read, thread) = reader_thread(&reading, false);
+        let (n_read_idle, thread_idle) = reader_thread(&reading_idle, true);
         // The reader that never reads: its stream is kept open, unread.
         let _stalled_reader = follow(&stalled);
         let daemons = [
             ("none", &plain),
             ("follower reading", &reading),
+            ("follower reading, SCHED_IDLE", &reading_idle),
             ("follower never reading", &stalled),
         ];
         let mut streams: Vec<UnixStream> = daemons
@@ -134,10 +150,10 @@ fn main() {
         }
         for ((name, daemon), s) in daemons.iter().zip(&stats) {
             let (sum, count) = own_delay(daemon);
-            let read = if *name == "follower reading" {
-                n_read.load(Ordering::Relaxed).to_string()
-            } else {
-                "-".into()
+            let read = match *name {
+                "follower reading" => n_read.load(Ordering::Relaxed).to_string(),
+                "follower reading, SCHED_IDLE" => n_read_idle.load(Ordering::Relaxed).to_string(),
+                _ => "-".into(),
             };
             println!(
                 "| {backend} | {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {read} |",
@@ -152,7 +168,9 @@ fn main() {
         drop(streams);
         drop(plain);
         drop(reading);
+        drop(reading_idle);
         drop(stalled);
         let _ = thread.join();
+        let _ = thread_idle.join();
     }
 }

@@ -543,3 +543,32 @@ fn metrics_move_and_the_textfile_is_written() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), stamp);
 }
+
+/// The protocol as a script speaks it (`echo ... | socat`): the request,
+/// the writing side shut down, then everything read to the end.
+#[test]
+fn a_stream_without_follow_is_written_to_its_end_line() {
+    let daemon = TestDaemon::start("");
+    assert_eq!(daemon.ctl(&["unbind", "31337"]).0, 1);
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    stream
+        .write_all(b"{\"v\":1,\"op\":\"events\"}\n{\"v\":1,\"op\":\"status\"}\n")
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
+    let lines = parse_lines(&text);
+    assert_eq!(lines[0]["ok"], true, "{text}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["end"], true, "{text}");
+    let events: Vec<&Value> = lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| &l["event"])
+        .collect();
+    assert!(events
+        .iter()
+        .any(|e| e["kind"] == "refused" && e["reason"] == "no binding 31337"));
+    // The status request after it was not answered: the stream is all.
+    assert!(lines.iter().all(|l| l.get("status").is_none()), "{text}");
+}

@@ -319,6 +319,9 @@ impl<B: Backend> Daemon<B> {
             return false;
         };
         conn.streaming = true;
+        // Requests sent after `events` on the same connection are not
+        // answered.
+        while conn.next_line().is_some() {}
         let next = self.feed.first_seq();
         self.feed.subscribers.push(Subscriber {
             conn: idx,
@@ -339,9 +342,15 @@ impl<B: Backend> Daemon<B> {
         true
     }
 
-    /// Input on a reader's connection is read only to notice its end;
-    /// requests on it are not answered.
+    /// Input on a reader's connection is read only to notice its end
+    /// (which ends a `follow` stream; a stream without `follow` is still
+    /// written to its end); requests on it are not answered.
     pub(super) fn subscriber_input(&mut self, idx: usize) {
+        let follow = self
+            .feed
+            .subscribers
+            .iter()
+            .any(|s| s.conn == idx && s.until.is_none());
         for _ in 0..READS_PER_TURN {
             let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
                 return;
@@ -349,7 +358,7 @@ impl<B: Backend> Daemon<B> {
             while conn.next_line().is_some() {}
             if !conn.read_once(&self.closer) {
                 while conn.next_line().is_some() {}
-                if conn.read_closed && !conn.has_output() {
+                if conn.read_closed && follow {
                     self.close_conn(idx);
                 }
                 return;
@@ -374,7 +383,7 @@ impl<B: Backend> Daemon<B> {
                 continue;
             };
             // The answer to `events` goes first (it waits for the commit).
-            if conn.awaiting > 0 || conn.read_closed {
+            if conn.awaiting > 0 {
                 continue;
             }
             let mut queued = false;
@@ -415,7 +424,9 @@ impl<B: Backend> Daemon<B> {
                     event: None,
                     end: true,
                 }));
-                // Closed once written.
+                // Closed once written (see `flush_conn`).
+                while conn.next_line().is_some() {}
+                conn.streaming = false;
                 conn.read_closed = true;
                 finished.push(sub.conn);
                 queued = true;

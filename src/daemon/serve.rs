@@ -310,7 +310,12 @@ impl<B: Backend> Daemon<B> {
             return false;
         };
         let ok = conn.flush();
-        let done = conn.read_closed && !conn.has_output() && !conn.has_line() && conn.awaiting == 0;
+        // A stream without `follow` is written to its end first.
+        let done = conn.read_closed
+            && !conn.has_output()
+            && !conn.has_line()
+            && conn.awaiting == 0
+            && !conn.streaming;
         if !ok || done {
             self.close_conn(idx);
             return false;
