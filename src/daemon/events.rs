@@ -27,13 +27,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use log::info;
 
-use super::bindings::{Binding, Origin};
+use super::bindings::{label, Binding, Origin};
 use super::control::OUTPUT_LOW_WATER;
 use super::metrics::Metrics;
 use super::requests::{peer_pid, RefusalCode};
 use super::serve::OUTPUT_TOTAL;
 use super::Daemon;
-use crate::config::{Pid, Signal};
+use crate::config::{BindingSpec, Pid, Signal};
 use crate::protocol::{EventBinding, EventInfo, ReloadInfo, StreamLine, VERSION};
 use crate::sys::PeerCred;
 use crate::watch::Backend;
@@ -46,24 +46,23 @@ pub const RING: usize = 1024;
 /// only to notice that it closed).
 const READS_PER_TURN: usize = 64;
 
-/// The binding an event concerns, as it was when the event happened.
-#[derive(Debug)]
+/// The binding an event concerns. Cheap to make and to clone (its spec
+/// is shared): the label is written only when a reader gets the event.
+#[derive(Debug, Clone)]
 pub(super) struct Subject {
     id: u64,
-    name: Option<String>,
     origin: Origin,
-    label: String,
+    spec: Rc<BindingSpec>,
 }
 
 impl Subject {
     /// The binding `binding` is, for its events.
-    pub(super) fn of<H>(binding: &Binding<H>) -> Rc<Subject> {
-        Rc::new(Subject {
+    pub(super) fn of<H>(binding: &Binding<H>) -> Subject {
+        Subject {
             id: binding.id,
-            name: binding.spec.name.clone(),
             origin: binding.origin,
-            label: binding.label(),
-        })
+            spec: Rc::clone(&binding.spec),
+        }
     }
 }
 
@@ -117,7 +116,7 @@ impl What {
 struct Event {
     seq: u64,
     time: SystemTime,
-    subject: Option<Rc<Subject>>,
+    subject: Option<Subject>,
     what: What,
 }
 
@@ -142,13 +141,13 @@ impl Event {
             kind: self.what.kind().into(),
             binding: self.subject.as_ref().map(|s| EventBinding {
                 id: s.id,
-                name: s.name.clone(),
+                name: s.spec.name.clone(),
                 origin: origin_name(s.origin).into(),
                 uid: match s.origin {
                     Origin::Socket { uid } => uid,
                     Origin::Config => nix::unistd::geteuid().as_raw(),
                 },
-                label: s.label.clone(),
+                label: label(&s.spec, s.origin, s.id),
             }),
             parent: None,
             children: None,
@@ -257,7 +256,7 @@ impl Feed {
     }
 
     /// Records an event. Cheap: no output, no system call but the clock.
-    pub(super) fn emit(&mut self, subject: Option<&Rc<Subject>>, what: What) {
+    pub(super) fn emit(&mut self, subject: Option<&Subject>, what: What) {
         self.metrics.count(&what);
         if self.ring.len() >= RING {
             if let Some(old) = self.ring.pop_front() {

@@ -35,7 +35,7 @@ pub const FILE_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Metrics {
     /// Signals sent, by signal name.
-    signals: BTreeMap<String, u64>,
+    signals: BTreeMap<&'static str, u64>,
     escalations: u64,
     /// Refusals by code (every code, from 0).
     pub(super) refusals: BTreeMap<&'static str, u64>,
@@ -85,7 +85,7 @@ impl Metrics {
         self.changed = true;
         match what {
             What::Signalled { signal, .. } => {
-                *self.signals.entry(signal.to_string()).or_insert(0) += 1;
+                *self.signals.entry(signal.get().as_str()).or_insert(0) += 1;
             }
             What::Escalated { .. } => self.escalations += 1,
             What::Refused { code, .. } => *self.refusals.entry(code.as_str()).or_insert(0) += 1,
