@@ -119,10 +119,14 @@ enum Command {
     },
     /// Make the daemon re-read its configuration file
     Reload,
-    /// Print what the daemon did (bound, parent exited, signalled,
-    /// escalated, child exited, unbound, refused, reload applied): the
-    /// recent events it still keeps (up to 1024), yours only unless you
-    /// are root or the daemon's user
+    /// Print what the daemon did, one event a line (with --follow, as it happens)
+    ///
+    /// The kinds: bound, parent_exited, signalled, escalated, child_exited,
+    /// unbound, refused, reload_applied; each with its time, binding, pids
+    /// and signal. First the recent events the daemon keeps (the last
+    /// 1024), yours only unless you are root or the daemon's user; with
+    /// --follow, then every new one as it happens. A reader that falls
+    /// behind loses events, and a `dropped` line says how many.
     Events {
         /// One JSON object per line
         #[arg(long)]
