@@ -572,3 +572,17 @@ fn a_stream_without_follow_is_written_to_its_end_line() {
     // The status request after it was not answered: the stream is all.
     assert!(lines.iter().all(|l| l.get("status").is_none()), "{text}");
 }
+
+#[test]
+fn a_relative_metrics_file_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.toml");
+    std::fs::write(&path, "[daemon]\nmetrics_file = \"tether.prom\"\n").unwrap();
+    let (code, _, err) =
+        crate::util::run_tetherd(&["--check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(r#"[daemon]: metrics_file: "tether.prom" is a relative path"#),
+        "{err}"
+    );
+}
