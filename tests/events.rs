@@ -458,6 +458,34 @@ fn parse_metrics(text: &str) -> Metrics {
     Metrics { samples }
 }
 
+/// Prometheus's own linter on `text`, where it is installed (Debian's
+/// `prometheus` package has it); the parser above checks the rest.
+fn promtool_check(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed: the metrics are checked by the test's parser only");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn metrics(daemon: &TestDaemon) -> Metrics {
     let (code, out, err) = daemon.ctl(&["metrics"]);
     assert_eq!(code, 0, "metrics failed: {err}");
@@ -512,6 +540,7 @@ fn metrics_move_and_the_textfile_is_written() {
     let text = std::fs::read_to_string(&file).unwrap_or_default();
     assert!(ok, "the file never said {wanted:?}:\n{text}");
     let written = parse_metrics(&text);
+    promtool_check(&text);
     assert_eq!(
         written.value("tether_exit_to_signal_seconds_count", &[]),
         2.0
