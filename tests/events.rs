@@ -615,3 +615,36 @@ fn a_relative_metrics_file_is_a_configuration_error() {
         "{err}"
     );
 }
+
+/// A follower is silent by design: when the connections are at their cap
+/// (256), a new one closes the idlest connection that is not a follower.
+#[test]
+fn a_follower_is_not_the_idlest_connection_to_close() {
+    let daemon = TestDaemon::start("");
+    let mut follower = UnixStream::connect(&daemon.socket).unwrap();
+    follower
+        .write_all(b"{\"v\":1,\"op\":\"events\",\"follow\":true}\n")
+        .unwrap();
+    wait_until(TIMEOUT, || daemon.count("follows the event stream") == 1);
+    // 256 more, each answered once so the daemon has accepted it.
+    let mut others = Vec::new();
+    for _ in 0..256 {
+        let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+        stream.write_all(b"{\"v\":1,\"op\":\"status\"}\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        others.push(stream);
+    }
+    assert_eq!(daemon.ctl(&["unbind", "4711"]).0, 1);
+    follower.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reader = BufReader::new(follower);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).unwrap();
+        assert!(n > 0, "the follower was closed:\n{}", daemon.log_text());
+        if line.contains("no binding 4711") {
+            break;
+        }
+    }
+}

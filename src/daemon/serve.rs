@@ -118,7 +118,7 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// Closes the connection idle the longest (of `uid`, or of anyone),
-    /// to admit a new one.
+    /// other than event followers if it can, to admit a new one.
     fn evict_idlest(&mut self, uid: Option<u32>) {
         let idlest = self
             .conns
@@ -126,7 +126,8 @@ impl<B: Backend> Daemon<B> {
             .enumerate()
             .filter_map(|(idx, c)| c.as_ref().map(|c| (idx, c)))
             .filter(|(_, c)| uid.map_or(true, |uid| c.peer.uid == uid))
-            .min_by_key(|(_, c)| c.last_active)
+            // An event follower is silent by design: closed last.
+            .min_by_key(|(_, c)| (c.streaming, c.last_active))
             .map(|(idx, _)| idx);
         if let Some(idx) = idlest {
             if let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) {
