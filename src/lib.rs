@@ -42,7 +42,8 @@ pub use daemon::{pidfile, run, ConfigSource, Failure, Options, StateFile};
 pub use notify::Notifier;
 pub use paths::{default_config, default_socket};
 pub use protocol::{
-    escape_controls, BindRequest, BindingInfo, Op, ProcRef, Request, Response, VERSION,
+    escape_controls, BindRequest, BindingInfo, EventBinding, EventInfo, Op, ProcRef, Request,
+    Response, StreamLine, VERSION,
 };
 pub use sys::cgroup::{locate as locate_cgroups, Place as CgroupPlace};
 pub use sys::{

@@ -59,7 +59,8 @@ impl Request {
         // request with a key it does not understand is refused instead.
         let allowed: Option<&[&str]> = match object.get("op").and_then(|op| op.as_str()) {
             Some("unbind") => Some(&["op", "id"]),
-            Some("list" | "status" | "reload") => Some(&["op"]),
+            Some("list" | "status" | "reload" | "metrics") => Some(&["op"]),
+            Some("events") => Some(&["op", "follow"]),
             _ => None,
         };
         if let Some(allowed) = allowed {
@@ -114,6 +115,16 @@ pub enum Op {
     Status,
     /// Re-read the configuration file.
     Reload,
+    /// The recent events (then the connection ends), or with `follow`
+    /// the recent events and every new one as it happens: after the
+    /// answer, one [`StreamLine`] per line.
+    Events {
+        /// Keep streaming.
+        #[serde(default)]
+        follow: bool,
+    },
+    /// The daemon's metrics in the Prometheus text format.
+    Metrics,
 }
 
 /// A process named in a bind request.
@@ -198,6 +209,9 @@ pub struct Response {
     /// What a reload did (reload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadInfo>,
+    /// The metrics, Prometheus text exposition format (metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl Response {
@@ -214,6 +228,7 @@ impl Response {
             bindings: None,
             status: None,
             reload: None,
+            metrics: None,
         }
     }
 
@@ -306,6 +321,87 @@ pub struct RuleInfo {
     pub name: String,
     /// Processes it bound since it came into force.
     pub matches: u64,
+}
+
+/// A line of the event stream that follows the answer to `events`: an
+/// event, or the end of a stream without `follow`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamLine {
+    /// [`VERSION`].
+    pub v: u32,
+    /// The event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventInfo>,
+    /// The last line of a stream without `follow`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end: bool,
+}
+
+/// One thing tetherd did, as the event stream shows it. Which fields are
+/// present depends on `kind` (docs/protocol.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventInfo {
+    /// Numbers every event the daemon produced since it started (those
+    /// a reader may not see included): a gap is events of others, or
+    /// events dropped.
+    pub seq: u64,
+    /// When, UTC, RFC 3339 with milliseconds.
+    pub time: String,
+    /// `bound`, `parent_exited`, `signalled`, `escalated`,
+    /// `child_exited`, `unbound`, `refused`, `reload_applied`, or
+    /// `dropped` (this reader fell behind: `count` events it would have
+    /// seen were dropped).
+    pub kind: String,
+    /// The binding it concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<EventBinding>,
+    /// The parent (bound, parent_exited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<i32>,
+    /// The children (bound, escalated: those still held).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<i32>>,
+    /// The process concerned (signalled, child_exited), or the client's
+    /// pid (refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// The signal (bound: the binding's; signalled; escalated: SIGKILL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// The client's uid (refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The request refused (refused): `bind`, `unbind`, `request`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    /// The refusal's code (refused), as in a response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Why (unbound, refused), one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What a reload did (reload_applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadInfo>,
+    /// Events dropped (dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// The binding an event concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBinding {
+    /// Its id (as `list` shows it).
+    pub id: u64,
+    /// Its name, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where it came from: "config" or "socket".
+    pub origin: String,
+    /// The uid that made it (the daemon's own for the configuration).
+    pub uid: u32,
+    /// How tetherd's log names it.
+    pub label: String,
 }
 
 /// What a reload did.

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use tether::VERSION;
 use tether::{parse_duration, parse_kill, parse_signal};
-use tether::{BindRequest, BindingInfo, Op, ProcRef, Request, Response, VERSION};
+use tether::{BindRequest, BindingInfo, EventInfo, Op, ProcRef, Request, Response, StreamLine};
 
 /// Exit codes, documented in `--help` and tetherctl(1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +119,25 @@ enum Command {
     },
     /// Make the daemon re-read its configuration file
     Reload,
+    /// Print what the daemon did, one event a line (with --follow, as it happens)
+    ///
+    /// The kinds: bound, parent_exited, signalled, escalated, child_exited,
+    /// unbound, refused, reload_applied; each with its time, binding, pids
+    /// and signal. First the recent events the daemon keeps (the last
+    /// 1024), yours only unless you are root or the daemon's user; with
+    /// --follow, then every new one as it happens. A reader that falls
+    /// behind loses events, and a `dropped` line says how many.
+    Events {
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        /// Keep printing events as they happen (after the recent ones)
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print the daemon's metrics in the Prometheus text format (root or
+    /// the daemon's user)
+    Metrics,
     /// Print a completion script for SHELL (bash, zsh, fish, ...) on
     /// standard output; the packages install them
     Completions {
@@ -430,6 +450,11 @@ fn main() -> ExitCode {
         Command::List { json } => list(&socket, json),
         Command::Status { json } => status(&socket, json),
         Command::Reload => reload(&socket),
+        Command::Events { json, follow } => events(&socket, json, follow),
+        Command::Metrics => simple(&socket, Op::Metrics).map(|response| {
+            print!("{}", response.metrics.unwrap_or_default());
+            Exit::Ok
+        }),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -464,6 +489,18 @@ type Outcome = Result<Exit, (Exit, String)>;
 /// One request, one response, over a fresh connection.
 fn request(target: &Target, op: Op, fds: &[BorrowedFd<'_>]) -> Result<Response, (Exit, String)> {
     let (stream, socket) = connect(target)?;
+    let mut reader = BufReader::new(&stream);
+    request_on(&stream, &mut reader, &socket, op, fds)
+}
+
+/// Sends one request on `stream` and reads its response through `reader`.
+fn request_on(
+    stream: &UnixStream,
+    reader: &mut impl BufRead,
+    socket: &Path,
+    op: Op,
+    fds: &[BorrowedFd<'_>],
+) -> Result<Response, (Exit, String)> {
     let timeout = Some(Duration::from_secs(30));
     let _ = stream.set_read_timeout(timeout);
     let _ = stream.set_write_timeout(timeout);
@@ -472,17 +509,15 @@ fn request(target: &Target, op: Op, fds: &[BorrowedFd<'_>]) -> Result<Response, 
     line.push(b'\n');
     let io_err = |err: std::io::Error| (Exit::NoDaemon, format!("{}: {err}", socket.display()));
     if fds.is_empty() {
-        (&stream).write_all(&line).map_err(io_err)?;
+        (&*stream).write_all(&line).map_err(io_err)?;
     } else {
-        let sent = tether::send_with_fds(&stream, &line, fds).map_err(io_err)?;
+        let sent = tether::send_with_fds(stream, &line, fds).map_err(io_err)?;
         if let Some(rest) = line.get(sent..) {
-            (&stream).write_all(rest).map_err(io_err)?;
+            (&*stream).write_all(rest).map_err(io_err)?;
         }
     }
     let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .map_err(io_err)?;
+    reader.read_line(&mut reply).map_err(io_err)?;
     if reply.is_empty() {
         return Err((
             Exit::NoDaemon,
@@ -656,6 +691,111 @@ fn status(socket: &Target, json: bool) -> Outcome {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// `tetherctl events`: the answer, then one event per line until the
+/// daemon ends the stream (without `--follow`) or stops.
+fn events(target: &Target, json: bool, follow: bool) -> Outcome {
+    let (stream, socket) = connect(target)?;
+    let mut reader = BufReader::new(&stream);
+    request_on(&stream, &mut reader, &socket, Op::Events { follow }, &[])?;
+    if follow {
+        // Events come when they happen: no timeout.
+        let _ = stream.set_read_timeout(None);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).map_err(|err| {
+            (
+                Exit::NoDaemon,
+                format!("{}: the event stream broke: {err}", socket.display()),
+            )
+        })?;
+        if n == 0 {
+            return Err((
+                Exit::NoDaemon,
+                format!("{}: the daemon ended the event stream", socket.display()),
+            ));
+        }
+        let parsed: StreamLine = serde_json::from_str(&line).map_err(|err| {
+            (
+                Exit::Refused,
+                format!("unreadable event from the daemon: {err}"),
+            )
+        })?;
+        if parsed.end {
+            return Ok(Exit::Ok);
+        }
+        let Some(event) = parsed.event else {
+            continue;
+        };
+        let text = if json {
+            serde_json::to_string(&event).map_err(|err| (Exit::Refused, err.to_string()))?
+        } else {
+            event_line(&event)
+        };
+        // A reader gone (a closed pipe) ends the command quietly.
+        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+            return Ok(Exit::Ok);
+        }
+    }
+}
+
+/// One event as a line for people: time, kind, binding, then what
+/// happened. Nothing the daemon quotes from a client reaches the terminal
+/// as a control or hidden character.
+fn event_line(e: &EventInfo) -> String {
+    let mut text = format!("{} {}", e.time, e.kind);
+    if let Some(b) = &e.binding {
+        text.push(' ');
+        text.push_str(&b.label);
+    }
+    let pids = |pids: &[i32]| {
+        let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
+        pids.join(",")
+    };
+    let signal = e.signal.as_deref().unwrap_or("?");
+    let detail = match e.kind.as_str() {
+        "bound" => format!(
+            "parent {}, children {}, {signal}",
+            e.parent.unwrap_or_default(),
+            pids(e.children.as_deref().unwrap_or_default())
+        ),
+        "parent_exited" => format!("parent {}", e.parent.unwrap_or_default()),
+        "signalled" => format!("{signal} to {}", e.pid.unwrap_or_default()),
+        "escalated" => format!(
+            "grace over; {signal} to children {}",
+            pids(e.children.as_deref().unwrap_or_default())
+        ),
+        "child_exited" => format!("child {}", e.pid.unwrap_or_default()),
+        "unbound" => e.reason.clone().unwrap_or_default(),
+        "refused" => format!(
+            "{} from uid {} pid {} ({}): {}",
+            e.op.as_deref().unwrap_or("request"),
+            e.uid.unwrap_or_default(),
+            e.pid.map_or_else(|| "?".into(), |p| p.to_string()),
+            e.code.as_deref().unwrap_or("-"),
+            e.reason.as_deref().unwrap_or_default()
+        ),
+        "reload_applied" => e.reload.map_or_else(String::new, |r| {
+            format!(
+                "{} added, {} removed, {} unchanged, {} failed",
+                r.added, r.removed, r.unchanged, r.failed
+            )
+        }),
+        "dropped" => format!(
+            "{} events not shown: this reader fell behind",
+            e.count.unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
+    if !detail.is_empty() {
+        text.push_str(": ");
+        text.push_str(&detail);
+    }
+    tether::escape_controls(&text)
 }
 
 fn reload(socket: &Target) -> Outcome {

@@ -93,6 +93,9 @@ pub struct DaemonSettings {
     /// `cgroup_root`: the cgroup v2 directory under which `kill =
     /// "cgroup"` bindings get their cgroups. `None`: found at start.
     pub cgroup_root: Option<PathBuf>,
+    /// `metrics_file`: where the metrics are written for node_exporter's
+    /// textfile collector, if anywhere.
+    pub metrics_file: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
@@ -106,6 +109,7 @@ impl Default for DaemonSettings {
             poll_interval: Duration::from_secs(1),
             rule_source: RuleSource::Auto,
             cgroup_root: None,
+            metrics_file: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! period is over, and the end of a binding. Every signal a user's binding
 //! sends is checked against that user first (`deliver`).
 
+use super::events::{Subject, What};
 use super::*;
 use crate::watch::IdentityUnknown;
 
@@ -29,6 +30,7 @@ impl<B: Backend> Daemon<B> {
                     );
                     return;
                 }
+                self.feed.metrics.exit_learned = Some(self.feed.metrics.woke);
                 self.fire(id);
             }
             MemberRef::Child(idx) => {
@@ -49,6 +51,8 @@ impl<B: Backend> Daemon<B> {
                 }
                 let remaining = binding.n_live_children();
                 let phase = binding.phase;
+                self.feed
+                    .emit(Some(&Subject::of(binding)), What::ChildExited { pid });
                 let group = binding.spec.kill == KillMode::Group;
                 match phase {
                     Phase::Armed => {
@@ -100,8 +104,9 @@ impl<B: Backend> Daemon<B> {
     /// The parent is gone: signal every child still running and arm the
     /// escalation deadline.
     pub(super) fn fire(&mut self, id: BindingId) {
+        let exit_learned = self.feed.metrics.exit_learned.take();
         if self.is_cgroup(id) {
-            self.cgroup_fire(id);
+            self.cgroup_fire(id, exit_learned);
             return;
         }
         let admin = nix::unistd::geteuid().as_raw();
@@ -136,6 +141,7 @@ impl<B: Backend> Daemon<B> {
             };
             outcomes.push((idx, Self::deliver(&self.watcher, deputy_for, child, sig)));
         }
+        let signalled_at = Instant::now();
         if let Some(parent) = binding.parent.take() {
             let _ = self
                 .watcher
@@ -143,6 +149,16 @@ impl<B: Backend> Daemon<B> {
         }
         let label = binding.label();
         let parent_pid = binding.spec.parent.pid;
+        let subject = Subject::of(binding);
+        self.feed
+            .emit(Some(&subject), What::ParentExited { parent: parent_pid });
+        if let Some(learned) = exit_learned {
+            if outcomes.iter().any(|(_, o)| matches!(o, Outcome::Sent)) {
+                self.feed
+                    .metrics
+                    .observe_delay(signalled_at.saturating_duration_since(learned));
+            }
+        }
         let mut retry = Vec::new();
         for (idx, outcome) in outcomes {
             let Some(slot) = binding.children.get_mut(idx) else {
@@ -159,7 +175,9 @@ impl<B: Backend> Daemon<B> {
                     release(&mut self.watcher, &self.poll, slot);
                 }
                 Outcome::Sent => {
-                    info!("{label}: parent {parent_pid} exited; sent {sig} to child {pid}")
+                    info!("{label}: parent {parent_pid} exited; sent {sig} to child {pid}");
+                    self.feed
+                        .emit(Some(&subject), What::Signalled { pid, signal: sig });
                 }
                 Outcome::Gone => {
                     info!("{label}: child {pid} already gone, not signalled");
@@ -246,7 +264,11 @@ impl<B: Backend> Daemon<B> {
             let pid = child.pid;
             match Self::deliver(&self.watcher, deputy_for, child, sig) {
                 Outcome::Sent => {
-                    info!("{label}: sent {sig} to child {pid} (its identity could be read again)")
+                    info!("{label}: sent {sig} to child {pid} (its identity could be read again)");
+                    self.feed.emit(
+                        Some(&Subject::of(binding)),
+                        What::Signalled { pid, signal: sig },
+                    );
                 }
                 Outcome::Exited => {}
                 Outcome::Gone => {
@@ -285,6 +307,9 @@ impl<B: Backend> Daemon<B> {
             {
                 continue;
             }
+            let children = binding.children.iter().flatten().map(|c| c.pid).collect();
+            self.feed
+                .emit(Some(&Subject::of(binding)), What::Escalated { children });
             if binding.spec.kill == KillMode::Cgroup {
                 self.cgroup_escalate(id);
                 continue;
@@ -304,6 +329,7 @@ impl<B: Backend> Daemon<B> {
                 continue;
             };
             let label = binding.label();
+            let subject = Subject::of(binding);
             let grace = binding.spec.grace;
             let deputy_for = binding.deputy_for(admin);
             for (idx, slot) in binding.children.iter_mut().enumerate() {
@@ -314,10 +340,19 @@ impl<B: Backend> Daemon<B> {
                 // dead, and only its parent's reaping is pending.
                 match Self::deliver(&self.watcher, deputy_for, child, Signal::KILL) {
                     Outcome::Exited => {}
-                    Outcome::Sent => info!(
-                        "{label}: grace {grace} over; sent SIGKILL to child {}",
-                        child.pid
-                    ),
+                    Outcome::Sent => {
+                        info!(
+                            "{label}: grace {grace} over; sent SIGKILL to child {}",
+                            child.pid
+                        );
+                        self.feed.emit(
+                            Some(&subject),
+                            What::Signalled {
+                                pid: child.pid,
+                                signal: Signal::KILL,
+                            },
+                        );
+                    }
                     Outcome::Gone => {
                         release(&mut self.watcher, &self.poll, slot);
                     }
@@ -359,6 +394,14 @@ impl<B: Backend> Daemon<B> {
         if let Some(hold) = hold {
             self.cgroups.drop_hold(hold, &binding.label());
         }
+        if binding.phase != Phase::Done {
+            self.feed.emit(
+                Some(&Subject::of(binding)),
+                What::Unbound {
+                    reason: "done".into(),
+                },
+            );
+        }
         if matches!(binding.origin, Origin::Socket { .. } | Origin::Rule { .. }) {
             debug!("{}: done", binding.label());
             if let Some(binding) = self.bindings.remove(id) {
@@ -379,6 +422,14 @@ impl<B: Backend> Daemon<B> {
         };
         let label = binding.label();
         let phase = binding.phase;
+        if phase != Phase::Done {
+            self.feed.emit(
+                Some(&Subject::of(&binding)),
+                What::Unbound {
+                    reason: format!("removed: {why}"),
+                },
+            );
+        }
         self.close(binding);
         match phase {
             Phase::Signalled { deadline: Some(_) } => {

@@ -185,6 +185,12 @@ impl<B: Backend> Daemon<B> {
         let Some(binding) = self.bindings.get_mut(id) else {
             return Ok(id);
         };
+        let bound = events::What::Bound {
+            parent: binding.spec.parent.pid,
+            children: binding.spec.children.iter().map(|c| c.pid).collect(),
+            signal: binding.spec.signal,
+        };
+        self.feed.emit(Some(&events::Subject::of(binding)), bound);
         if binding.n_live_children() == 0 && !captive_lives {
             info!("{label}: no bound child is running; nothing to do");
             self.finish(id);

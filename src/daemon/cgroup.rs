@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use mio::unix::SourceFd;
 use mio::Registry;
 
+use super::events::{Subject, What};
 use super::*;
 use crate::sys::cgroup as cg;
 
@@ -415,7 +416,7 @@ impl<B: Backend> Daemon<B> {
 
     /// The parent of a cgroup binding is gone: the binding's signal to
     /// every member, then the grace period (or the end, if it is empty).
-    pub(super) fn cgroup_fire(&mut self, id: BindingId) {
+    pub(super) fn cgroup_fire(&mut self, id: BindingId, exit_learned: Option<Instant>) {
         let admin = nix::unistd::geteuid().as_raw();
         let members = self.cgroup_members(id);
         let Some(binding) = self.bindings.get_mut(id) else {
@@ -438,10 +439,10 @@ impl<B: Backend> Daemon<B> {
             .iter()
             .flatten()
             .filter(|c| !member_pids.contains(&c.pid));
-        let mut sent = 0;
+        let mut sent = Vec::new();
         for member in members.iter().chain(outside) {
             match Self::deliver(&self.watcher, deputy_for, member, sig) {
-                Outcome::Sent => sent += 1,
+                Outcome::Sent => sent.push(member.pid),
                 Outcome::Exited | Outcome::Gone => {}
                 Outcome::Refused(why) => warn!(
                     "{label}: {} not signalled: {why}, and uid {} may not signal it",
@@ -453,7 +454,23 @@ impl<B: Backend> Daemon<B> {
                 }
             }
         }
-        info!("{label}: parent {parent_pid} exited; sent {sig} to {sent} processes of its cgroup");
+        let signalled_at = Instant::now();
+        info!(
+            "{label}: parent {parent_pid} exited; sent {sig} to {} processes of its cgroup",
+            sent.len()
+        );
+        let subject = Subject::of(binding);
+        self.feed
+            .emit(Some(&subject), What::ParentExited { parent: parent_pid });
+        if let (Some(learned), false) = (exit_learned, sent.is_empty()) {
+            self.feed
+                .metrics
+                .observe_delay(signalled_at.saturating_duration_since(learned));
+        }
+        for pid in sent {
+            self.feed
+                .emit(Some(&subject), What::Signalled { pid, signal: sig });
+        }
         match binding.spec.grace {
             Grace::After(grace) => {
                 let deadline = Instant::now() + grace;
@@ -501,10 +518,10 @@ impl<B: Backend> Daemon<B> {
                 warn!("{label}: cannot freeze cgroup {}: {e}", dir.display());
             }
             let members = self.cgroup_members(id);
-            let mut sent = 0;
+            let mut sent = Vec::new();
             for member in &members {
                 match Self::deliver(&self.watcher, deputy_for, member, Signal::KILL) {
-                    Outcome::Sent => sent += 1,
+                    Outcome::Sent => sent.push(member.pid),
                     Outcome::Refused(why) => {
                         warn!("{label}: {} not killed: {why}", member.pid)
                     }
@@ -517,7 +534,22 @@ impl<B: Backend> Daemon<B> {
             if let Err(e) = cg::freeze(&dir, false) {
                 error!("{label}: cannot thaw cgroup {}: {e}", dir.display());
             }
-            info!("{label}: grace {grace} over; sent SIGKILL to {sent} processes of its frozen cgroup");
+            info!(
+                "{label}: grace {grace} over; sent SIGKILL to {} processes of its frozen cgroup",
+                sent.len()
+            );
+            if let Some(binding) = self.bindings.get(id) {
+                let subject = Subject::of(binding);
+                for pid in sent {
+                    self.feed.emit(
+                        Some(&subject),
+                        What::Signalled {
+                            pid,
+                            signal: Signal::KILL,
+                        },
+                    );
+                }
+            }
         }
         let Some(binding) = self.bindings.get_mut(id) else {
             return;

@@ -228,6 +228,8 @@ pub struct Conn {
     pub read_closed: bool,
     /// Bytes of answers made for it that wait for the commit.
     pub awaiting: usize,
+    /// It reads the event stream: no idle timeout, no further requests.
+    pub streaming: bool,
 }
 
 /// Answers queued for one connection above which its requests wait.
@@ -249,6 +251,7 @@ impl Conn {
             last_active: Instant::now(),
             read_closed: false,
             awaiting: 0,
+            streaming: false,
         })
     }
 

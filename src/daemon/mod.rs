@@ -22,7 +22,9 @@ mod budget;
 mod cgroup;
 mod closer;
 mod control;
+mod events;
 mod journal;
+mod metrics;
 mod persist;
 pub mod pidfile;
 mod reload;
@@ -307,6 +309,8 @@ pub struct Daemon<B: Backend> {
     watch_settings: (config::BackendKind, Duration),
     /// `[[rule]]`s and their exec source.
     rules: rules::Rules,
+    /// The event stream and the metrics it feeds.
+    feed: events::Feed,
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -391,6 +395,7 @@ impl<B: Backend> Daemon<B> {
             cgroups,
             watch_settings: (config.daemon.backend, config.daemon.poll_interval),
             rules: rules::Rules::default(),
+            feed: events::Feed::new(),
         };
         daemon.restore(loaded.bindings);
         daemon.apply(config);
@@ -430,6 +435,7 @@ impl<B: Backend> Daemon<B> {
                 }
                 return Err(err);
             }
+            self.woke();
             tokens.clear();
             tokens.extend(self.events.iter().map(|event| event.token()));
             tokens.extend(self.backlog.drain(..).map(|idx| Token(CONN_TOKENS + idx)));
@@ -469,6 +475,8 @@ impl<B: Backend> Daemon<B> {
             self.run_due_timers();
             self.expire_idle_conns();
             self.commit();
+            self.pump_events();
+            self.write_metrics_if_due();
         }
     }
 
@@ -516,10 +524,17 @@ impl<B: Backend> Daemon<B> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // A change to the metrics file waits at most a second for its
+        // write; nothing is pending while idle.
+        let escalation = match (escalation, self.feed.metrics.file_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let idle = self
             .conns
             .iter()
             .flatten()
+            .filter(|c| !c.streaming)
             .map(|c| c.last_active + IDLE_TIMEOUT)
             .min();
         let deadline = match (escalation, idle) {

@@ -109,6 +109,9 @@ impl<B: Backend> Daemon<B> {
         }
         self.apply_rules(std::mem::take(&mut config.rules), config.daemon.rule_source);
         self.defaults = config.defaults;
+        self.feed
+            .metrics
+            .set_file(config.daemon.metrics_file.clone());
         self.max_per_uid = config.daemon.max_bindings_per_uid;
         let capacity = budget::capacity(self.fd_limit, self.watcher.holds_descriptors());
         self.budget
@@ -216,12 +219,14 @@ impl<B: Backend> Daemon<B> {
             self.bindings.len()
         );
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        ReloadInfo {
+        let info = ReloadInfo {
             added: count(n_added),
             removed: count(n_removed),
             unchanged: count(n_unchanged),
             failed: count(n_failed),
-        }
+        };
+        self.feed.emit(None, events::What::ReloadApplied(info));
+        info
     }
 
     /// Reads the pidfiles of a binding and makes it a pid binding.

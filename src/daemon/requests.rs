@@ -47,7 +47,7 @@ impl<B: Backend> Daemon<B> {
             Ok(request) => request,
             Err(err) => {
                 let refusal = Refusal::new(RefusalCode::BadRequest, format!("bad request: {err}"));
-                self.refuse(peer, "request", &refusal.message);
+                self.refused(peer, "request", refusal.code, &refusal.message);
                 return (refusal.response(), Ack::Nothing);
             }
         };
@@ -62,14 +62,14 @@ impl<B: Backend> Daemon<B> {
                     Ack::Bind(id),
                 ),
                 Err(refusal) => {
-                    self.refuse(peer, "bind", &refusal.message);
+                    self.refused(peer, "bind", refusal.code, &refusal.message);
                     (refusal.response(), Ack::Nothing)
                 }
             },
             Op::Unbind { id } => match self.unbind(peer, id) {
                 Ok(()) => (Response::ok(), Ack::Unbind(id)),
                 Err(refusal) => {
-                    self.refuse(peer, "unbind", &refusal.message);
+                    self.refused(peer, "unbind", refusal.code, &refusal.message);
                     (refusal.response(), Ack::Nothing)
                 }
             },
@@ -93,7 +93,7 @@ impl<B: Backend> Daemon<B> {
                         RefusalCode::NotPermitted,
                         "reload is for root or the daemon's own user",
                     );
-                    self.refuse(peer, "reload", &refusal.message);
+                    self.refused(peer, "reload", refusal.code, &refusal.message);
                     return (refusal.response(), Ack::Nothing);
                 }
                 info!(
@@ -109,21 +109,45 @@ impl<B: Backend> Daemon<B> {
                         },
                         Ack::Nothing,
                     ),
-                    Err(errors) => (
-                        Response {
-                            errors: errors.0.iter().map(ToString::to_string).collect(),
-                            ..Refusal::new(
-                                RefusalCode::InvalidConfig,
-                                format!(
-                                    "reload refused: {} error(s) in the configuration; the running one stays in force",
-                                    errors.0.len()
-                                ),
-                            )
-                            .response()
-                        },
-                        Ack::Nothing,
-                    ),
+                    Err(errors) => {
+                        let refusal = Refusal::new(
+                            RefusalCode::InvalidConfig,
+                            format!(
+                                "reload refused: {} error(s) in the configuration; the running one stays in force",
+                                errors.0.len()
+                            ),
+                        );
+                        self.refused(peer, "reload", refusal.code, &refusal.message);
+                        (
+                            Response {
+                                errors: errors.0.iter().map(ToString::to_string).collect(),
+                                ..refusal.response()
+                            },
+                            Ack::Nothing,
+                        )
+                    }
                 }
+            }
+            Op::Events { follow } => {
+                self.feed.request(*peer, Self::is_admin(peer), follow);
+                (Response::ok(), Ack::Nothing)
+            }
+            Op::Metrics => {
+                if !Self::is_admin(peer) {
+                    let refusal = Refusal::new(
+                        RefusalCode::NotPermitted,
+                        "metrics are for root or the daemon's own user",
+                    );
+                    self.refused(peer, "metrics", refusal.code, &refusal.message);
+                    return (refusal.response(), Ack::Nothing);
+                }
+                (
+                    Response {
+                        metrics: Some(self.metrics_text()),
+                        ..Response::ok()
+                    },
+                    Ack::Nothing,
+                )
             }
         }
     }
@@ -523,6 +547,20 @@ pub(super) enum RefusalCode {
 }
 
 impl RefusalCode {
+    /// Every code (for the metrics, which show each from 0).
+    pub(super) const ALL: [RefusalCode; 10] = [
+        RefusalCode::BadRequest,
+        RefusalCode::Invalid,
+        RefusalCode::ParentGone,
+        RefusalCode::ChildGone,
+        RefusalCode::NotPermitted,
+        RefusalCode::Limit,
+        RefusalCode::NoSuchBinding,
+        RefusalCode::ConfigBinding,
+        RefusalCode::InvalidConfig,
+        RefusalCode::NotHeld,
+    ];
+
     /// The code as the protocol spells it.
     pub(super) fn as_str(self) -> &'static str {
         match self {
@@ -543,7 +581,7 @@ impl RefusalCode {
 /// A refused request: a code for programs and a sentence for people.
 #[derive(Debug)]
 pub(super) struct Refusal {
-    code: RefusalCode,
+    pub(super) code: RefusalCode,
     message: String,
 }
 

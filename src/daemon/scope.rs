@@ -233,6 +233,7 @@ impl<B: Backend> Daemon<B> {
             return;
         };
         let label = binding.label();
+        let subject = super::events::Subject::of(binding);
         let deputy_for = binding.deputy_for(admin);
         let what = match binding.spec.kill {
             KillMode::Group => "group member",
@@ -243,7 +244,16 @@ impl<B: Backend> Daemon<B> {
         };
         for member in scope.extras.iter().skip(from) {
             match Self::deliver(&self.watcher, deputy_for, member, sig) {
-                Outcome::Sent => info!("{label}: sent {sig} to {what} {}", member.pid),
+                Outcome::Sent => {
+                    info!("{label}: sent {sig} to {what} {}", member.pid);
+                    self.feed.emit(
+                        Some(&subject),
+                        super::events::What::Signalled {
+                            pid: member.pid,
+                            signal: sig,
+                        },
+                    );
+                }
                 Outcome::Exited | Outcome::Gone => {}
                 Outcome::Refused(why) => warn!(
                     "{label}: {what} {} not signalled: {why}, and uid {} may not signal it",

@@ -31,7 +31,7 @@ pub const MAX_CONNECTIONS_PER_UID: usize = 32;
 
 /// Answers queued over all connections above which requests of uids
 /// other than root and the daemon's own wait.
-const OUTPUT_TOTAL: usize = 16 * 1024 * 1024;
+pub(super) const OUTPUT_TOTAL: usize = 16 * 1024 * 1024;
 
 /// An answer waiting for the commit.
 #[derive(Debug)]
@@ -118,7 +118,7 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// Closes the connection idle the longest (of `uid`, or of anyone),
-    /// to admit a new one.
+    /// other than event followers if it can, to admit a new one.
     fn evict_idlest(&mut self, uid: Option<u32>) {
         let idlest = self
             .conns
@@ -126,7 +126,8 @@ impl<B: Backend> Daemon<B> {
             .enumerate()
             .filter_map(|(idx, c)| c.as_ref().map(|c| (idx, c)))
             .filter(|(_, c)| uid.map_or(true, |uid| c.peer.uid == uid))
-            .min_by_key(|(_, c)| c.last_active)
+            // An event follower is silent by design: closed last.
+            .min_by_key(|(_, c)| (c.streaming, c.last_active))
             .map(|(idx, _)| idx);
         if let Some(idx) = idlest {
             if let Some(conn) = self.conns.get(idx).and_then(Option::as_ref) {
@@ -146,7 +147,8 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    fn close_conn(&mut self, idx: usize) {
+    pub(super) fn close_conn(&mut self, idx: usize) {
+        self.feed.unsubscribe(idx);
         if let Some(conn) = self.conns.get_mut(idx).and_then(Option::take) {
             let uid = conn.peer.uid;
             let socket = conn.into_socket(self.poll.registry());
@@ -167,7 +169,7 @@ impl<B: Backend> Daemon<B> {
             .enumerate()
             .filter_map(|(idx, c)| {
                 c.as_ref()
-                    .filter(|c| now >= c.last_active + IDLE_TIMEOUT)
+                    .filter(|c| !c.streaming && now >= c.last_active + IDLE_TIMEOUT)
                     .map(|_| idx)
             })
             .collect();
@@ -185,7 +187,7 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// Answers queued or awaiting the commit, over every connection.
-    fn output_total(&self) -> usize {
+    pub(super) fn output_total(&self) -> usize {
         self.conns
             .iter()
             .flatten()
@@ -206,6 +208,10 @@ impl<B: Backend> Daemon<B> {
     /// the loop.
     pub(super) fn conn_event(&mut self, idx: usize) {
         if !self.flush_conn(idx) {
+            return;
+        }
+        if self.feed.is_subscriber(idx) {
+            self.subscriber_input(idx);
             return;
         }
         let mut n_handled = 0;
@@ -245,6 +251,10 @@ impl<B: Backend> Daemon<B> {
                     line,
                     durable,
                 });
+                if self.take_subscription(idx) {
+                    // The stream follows the answer; nothing else is read.
+                    return;
+                }
                 n_handled += 1;
                 continue;
             }
@@ -284,7 +294,7 @@ impl<B: Backend> Daemon<B> {
                 "request refused: a descriptor other than a pidfd came with it (only pidfds may be passed)".to_string()
             }
         };
-        self.refuse(peer, "request", &why);
+        self.refused(peer, "request", RefusalCode::BadRequest, &why);
         (
             Response {
                 code: Some(RefusalCode::BadRequest.as_str().into()),
@@ -296,12 +306,17 @@ impl<B: Backend> Daemon<B> {
 
     /// Writes a connection's queued output; closes it when it is finished
     /// or broken. Returns whether it is still open.
-    fn flush_conn(&mut self, idx: usize) -> bool {
+    pub(super) fn flush_conn(&mut self, idx: usize) -> bool {
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return false;
         };
         let ok = conn.flush();
-        let done = conn.read_closed && !conn.has_output() && !conn.has_line() && conn.awaiting == 0;
+        // A stream without `follow` is written to its end first.
+        let done = conn.read_closed
+            && !conn.has_output()
+            && !conn.has_line()
+            && conn.awaiting == 0
+            && !conn.streaming;
         if !ok || done {
             self.close_conn(idx);
             return false;

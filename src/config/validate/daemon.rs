@@ -10,7 +10,7 @@ use super::values::{
 };
 
 /// Keys of `[daemon]`.
-pub(super) const DAEMON_KEYS: [&str; 8] = [
+pub(super) const DAEMON_KEYS: [&str; 9] = [
     "log",
     "state",
     "socket",
@@ -19,6 +19,7 @@ pub(super) const DAEMON_KEYS: [&str; 8] = [
     "poll_interval",
     "cgroup_root",
     "rule_source",
+    "metrics_file",
 ];
 
 /// Keys of `[defaults]`.
@@ -44,6 +45,14 @@ pub(super) fn daemon_settings(
     }
     if let Some((socket, _)) = cx.field(table, "socket", |value| socket_path(string(value)?)) {
         settings.socket = Some(socket.into());
+    }
+    if let Some((file, _)) = cx.field(table, "metrics_file", |value| {
+        absolute_path(
+            string(value)?,
+            "/var/lib/prometheus/node-exporter/tether.prom",
+        )
+    }) {
+        settings.metrics_file = Some(file.into());
     }
     if let Some((source, _)) = cx.field(table, "rule_source", super::rule::rule_source) {
         settings.rule_source = source;
@@ -206,7 +215,7 @@ state = "state.json"
             &[
                 "t.toml:2:7: [daemon]: log: expected a string, found an integer",
                 "t.toml:3:9: [daemon]: state: empty path (remove the key to use the default)",
-                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval, cgroup_root, rule_source) (did you mean "log"?)"#,
+                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval, cgroup_root, rule_source, metrics_file) (did you mean "log"?)"#,
             ],
         );
         check(
