@@ -20,7 +20,7 @@ use mio::{Interest, Registry, Token};
 use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
 use crate::sys::linux as sys;
-use crate::vocab::{Pid, Signal};
+use crate::vocab::{BackendKind, Pid, Signal};
 
 /// `PID_FS_MAGIC` from linux/magic.h: the file system of pidfds on 6.9+.
 const PIDFS_MAGIC: i64 = 0x5049_4446;
@@ -59,8 +59,8 @@ fn is_magic<T: TryInto<i64>>(f_type: T, magic: i64) -> bool {
 impl Backend for PidfdWatcher {
     type Handle = PidfdHandle;
 
-    fn name(&self) -> &'static str {
-        "pidfd"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Pidfd
     }
 
     fn boot_id(&self) -> io::Result<String> {

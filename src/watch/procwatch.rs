@@ -52,7 +52,7 @@ use super::pids::{self, PidHandle, Watched};
 use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
 use crate::sys::linux as sys;
-use crate::vocab::{Pid, Signal};
+use crate::vocab::{BackendKind, Pid, Signal};
 
 /// `CN_IDX_PROC` and `CN_VAL_PROC` (linux/connector.h).
 const CN_IDX_PROC: u32 = 1;
@@ -491,10 +491,10 @@ fn wait_for_ack(socket: &OwnedFd, seq: u32) -> io::Result<()> {
 impl Backend for ProcWatcher {
     type Handle = PidHandle;
 
-    fn name(&self) -> &'static str {
+    fn kind(&self) -> BackendKind {
         match self.source {
-            Source::Netlink { .. } => "netlink",
-            Source::Poll { .. } => "poll",
+            Source::Netlink { .. } => BackendKind::Netlink,
+            Source::Poll { .. } => BackendKind::Poll,
         }
     }
 
