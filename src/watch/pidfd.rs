@@ -96,13 +96,9 @@ impl Backend for PidfdWatcher {
     }
 
     fn owner(&self, pid: Pid, handle: &PidfdHandle) -> io::Result<Option<Owner>> {
-        let owner = procfs::owner(pid.get());
         // Still alive after the read: the /proc entry read was this
         // process's own, not a successor's.
-        if self.has_exited(handle) {
-            return Ok(None);
-        }
-        owner
+        procfs::owner_while_alive(pid, || Ok(self.has_exited(handle)))
     }
 
     fn process_table(&self) -> io::Result<Vec<ProcEntry>> {
@@ -114,12 +110,7 @@ impl Backend for PidfdWatcher {
     }
 
     fn entry(&self, pid: Pid, handle: &PidfdHandle) -> io::Result<Option<ProcEntry>> {
-        let stat = procfs::stat(pid.get());
-        // Alive after the read: the /proc entry read was this process's.
-        if self.has_exited(handle) {
-            return Ok(None);
-        }
-        Ok(stat?.map(|s| s.entry(pid.get())))
+        procfs::entry_while_alive(pid, |_| Ok(self.has_exited(handle)))
     }
 
     fn register(

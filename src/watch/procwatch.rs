@@ -552,12 +552,8 @@ impl Backend for ProcWatcher {
     }
 
     fn owner(&self, pid: Pid, handle: &PidHandle) -> io::Result<Option<Owner>> {
-        let owner = procfs::owner(pid.get());
         // Unchanged after the read: the entry read was this process's.
-        if self.exited(handle)? {
-            return Ok(None);
-        }
-        owner
+        procfs::owner_while_alive(pid, || self.exited(handle))
     }
 
     fn process_table(&self) -> io::Result<Vec<ProcEntry>> {
@@ -569,11 +565,7 @@ impl Backend for ProcWatcher {
     }
 
     fn entry(&self, pid: Pid, handle: &PidHandle) -> io::Result<Option<ProcEntry>> {
-        let stat = procfs::stat(pid.get());
-        if exited_given(pid.get(), handle.start, &stat)? {
-            return Ok(None);
-        }
-        Ok(stat?.map(|s| s.entry(pid.get())))
+        procfs::entry_while_alive(pid, |stat| exited_given(pid.get(), handle.start, stat))
     }
 
     fn register(
