@@ -20,7 +20,7 @@ impl<B: Backend> Daemon<B> {
     pub(super) fn restore(&mut self, saved: Vec<SavedBinding>) {
         let n_saved = saved.len();
         for binding in saved {
-            self.next_id = self.next_id.max(binding.id.saturating_add(1));
+            self.next_number = self.next_number.max(binding.id.saturating_add(1));
             if binding.boot_id != self.state.boot_id() {
                 info!(
                     "socket binding #{} (uid {}) dropped: made in an earlier boot, its processes are gone",
@@ -32,8 +32,11 @@ impl<B: Backend> Daemon<B> {
             match saved_spec(&binding) {
                 Ok(spec) => {
                     let origin = Origin::Socket { uid: binding.uid };
-                    let id = binding.id;
-                    if self.add_with_id(Rc::new(spec), origin, id, None).is_none() {
+                    let number = binding.id;
+                    if self
+                        .add_numbered(Rc::new(spec), origin, number, None)
+                        .is_none()
+                    {
                         self.state_dirty.mark(Dirty::Lazy);
                     }
                 }
@@ -77,7 +80,7 @@ impl<B: Backend> Daemon<B> {
         }
         let saved = self.saved_bindings();
         let durable = self.state_dirty == Dirty::Durable;
-        match self.state.save_bindings(saved, self.next_id, durable) {
+        match self.state.save_bindings(saved, self.next_number, durable) {
             Ok(()) => {
                 self.state_dirty = Dirty::Clean;
                 Ok(())
@@ -110,7 +113,7 @@ impl<B: Backend> Daemon<B> {
                     .map(|(child, _)| saved_proc(child))
                     .collect();
                 Some(SavedBinding {
-                    id: binding.id,
+                    id: binding.number,
                     uid,
                     name: spec.name.clone(),
                     boot_id: boot_id.clone(),
