@@ -44,6 +44,7 @@ pub use paths::{default_config, default_socket};
 pub use protocol::{
     escape_controls, BindRequest, BindingInfo, Op, ProcRef, Request, Response, VERSION,
 };
+pub use sys::cgroup::{locate as locate_cgroups, Place as CgroupPlace};
 pub use sys::{
     arm_parent_death_signal, inherited_fd, peer_credentials, process_descriptor, send_with_fds,
 };

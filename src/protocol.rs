@@ -282,6 +282,10 @@ pub struct StatusInfo {
     /// Descriptors clients passed or left that wait to be closed.
     #[serde(default)]
     pub fds_closing: u64,
+    /// Whether `kill = "cgroup"` is available and where the cgroups
+    /// live, or why not (empty from a tetherd that predates it).
+    #[serde(default)]
+    pub cgroup: String,
 }
 
 /// What a reload did.

@@ -203,6 +203,10 @@ pub enum KillMode {
     /// Each bound child and every descendant it has when the parent exits
     /// (and, at escalation, every descendant forked since).
     Tree,
+    /// A cgroup v2 of the binding's own, which the bound children (and
+    /// their descendants at bind time) are moved into: nothing forked
+    /// inside can leave it. Linux only.
+    Cgroup,
 }
 
 impl fmt::Display for KillMode {
@@ -211,6 +215,7 @@ impl fmt::Display for KillMode {
             KillMode::Process => f.write_str("process"),
             KillMode::Group => f.write_str("group"),
             KillMode::Tree => f.write_str("tree"),
+            KillMode::Cgroup => f.write_str("cgroup"),
         }
     }
 }

@@ -38,6 +38,8 @@ mod readiness;
 #[cfg(target_os = "linux")]
 mod backends;
 #[cfg(target_os = "linux")]
+mod cgroup;
+#[cfg(target_os = "linux")]
 mod comm_names;
 #[cfg(target_os = "linux")]
 mod control;

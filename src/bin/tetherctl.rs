@@ -639,6 +639,9 @@ fn status(socket: &Target, json: bool) -> Outcome {
         "processes:    {} held by your bindings of {} allowed",
         status.processes_held, status.processes_allowed
     );
+    if !status.cgroup.is_empty() {
+        println!("cgroup:       {}", status.cgroup);
+    }
     Ok(Exit::Ok)
 }
 

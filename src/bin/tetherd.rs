@@ -206,6 +206,16 @@ fn list_backends(args: &Args) -> ExitCode {
             Err(err) => println!("{kind:<8} not usable: {err}"),
         }
     }
+    // Not a backend: whether `kill = "cgroup"` can be used, and where.
+    match tether::locate_cgroups(None, false) {
+        Ok(place) => println!(
+            "{:<8} usable: cgroups under {} ({})",
+            "cgroup",
+            place.root.display(),
+            place.how
+        ),
+        Err(err) => println!("{:<8} not usable: {err}", "cgroup"),
+    }
     if any {
         Exit::Ok.into()
     } else {

@@ -103,6 +103,9 @@ pub struct DaemonSettings {
     pub backend: BackendKind,
     /// `poll_interval`: how often the `poll` backend looks.
     pub poll_interval: Duration,
+    /// `cgroup_root`: the cgroup v2 directory under which `kill =
+    /// "cgroup"` bindings get their cgroups. `None`: found at start.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
@@ -114,6 +117,7 @@ impl Default for DaemonSettings {
             max_bindings_per_uid: 1024,
             backend: BackendKind::Auto,
             poll_interval: Duration::from_secs(1),
+            cgroup_root: None,
         }
     }
 }

@@ -65,6 +65,10 @@ impl<B: Backend> Daemon<B> {
                 if remaining > 0 {
                     return;
                 }
+                if self.is_cgroup(id) {
+                    self.cgroup_child_gone(id);
+                    return;
+                }
                 // A group is the captive: it stays covered while a member
                 // held since the binding was made (or found now, proven by
                 // such a member) lives.
@@ -96,6 +100,10 @@ impl<B: Backend> Daemon<B> {
     /// The parent is gone: signal every child still running and arm the
     /// escalation deadline.
     pub(super) fn fire(&mut self, id: BindingId) {
+        if self.is_cgroup(id) {
+            self.cgroup_fire(id);
+            return;
+        }
         let admin = nix::unistd::geteuid().as_raw();
         // Group and tree: the snapshot is taken before the first signal,
         // while the tree is whole (a child killed first would orphan its
@@ -277,6 +285,10 @@ impl<B: Backend> Daemon<B> {
             {
                 continue;
             }
+            if binding.spec.kill == KillMode::Cgroup {
+                self.cgroup_escalate(id);
+                continue;
+            }
             // Group and tree: everything, including what was forked during
             // the grace period, gets SIGKILL.
             if binding.scope.is_some() {
@@ -343,6 +355,10 @@ impl<B: Backend> Daemon<B> {
         let Some(binding) = self.bindings.get_mut(id) else {
             return;
         };
+        let hold = binding.scope.as_mut().and_then(|s| s.cgroup.take());
+        if let Some(hold) = hold {
+            self.cgroups.drop_hold(hold, &binding.label());
+        }
         if matches!(binding.origin, Origin::Socket { .. }) {
             debug!("{}: done", binding.label());
             if let Some(binding) = self.bindings.remove(id) {
@@ -374,6 +390,7 @@ impl<B: Backend> Daemon<B> {
 
     /// Releases everything a binding removed from the slab holds.
     pub(super) fn close(&mut self, mut binding: Binding<B::Handle>) {
+        self.cgroup_release(&mut binding);
         release_all(
             &mut self.watcher,
             &self.poll,

@@ -125,14 +125,16 @@ impl<B: Backend> Daemon<B> {
     ) -> Result<BindingId, String> {
         let scope = match spec.kill {
             KillMode::Process => None,
-            KillMode::Tree => Some(Box::new(Scope {
+            KillMode::Tree | KillMode::Cgroup => Some(Box::new(Scope {
                 groups: Vec::new(),
                 extras: Vec::new(),
+                cgroup: None,
             })),
             KillMode::Group => match self.group_check(parent.as_ref(), &children) {
                 Ok(groups) => Some(Box::new(Scope {
                     groups,
                     extras: Vec::new(),
+                    cgroup: None,
                 })),
                 Err(why) => {
                     error!("{label}: {why}; binding not held");
@@ -140,7 +142,10 @@ impl<B: Backend> Daemon<B> {
                 }
             },
         };
-        let charged = usize::from(parent.is_some()) + children.iter().flatten().count();
+        // A cgroup counts as one more thing the owner holds.
+        let charged = usize::from(parent.is_some())
+            + children.iter().flatten().count()
+            + usize::from(spec.kill == KillMode::Cgroup);
         let binding = Binding {
             number,
             origin,
@@ -161,6 +166,11 @@ impl<B: Backend> Daemon<B> {
         if let Origin::Socket { uid } = origin {
             self.budget.count_socket_binding(uid, true);
         }
+        if let Err(why) = self.cgroup_setup(id) {
+            error!("{label}: {why}; binding not held");
+            self.remove(id, "its cgroup could not be made");
+            return Err(why);
+        }
         if let Err(err) = self.register_members(id) {
             let why = format!("cannot register with the event loop: {err}");
             error!("{label}: {why}; binding not held");
@@ -171,10 +181,11 @@ impl<B: Backend> Daemon<B> {
             self.by_number.insert(number, id);
             self.state_dirty.mark(Dirty::Durable);
         }
+        let captive_lives = self.cgroup_populated(id);
         let Some(binding) = self.bindings.get_mut(id) else {
             return Ok(id);
         };
-        if binding.n_live_children() == 0 {
+        if binding.n_live_children() == 0 && !captive_lives {
             info!("{label}: no bound child is running; nothing to do");
             self.finish(id);
         } else if binding.parent.is_none() {

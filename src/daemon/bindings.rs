@@ -133,6 +133,8 @@ pub struct Scope<H> {
     /// entry, so a reused pid is never among them. Not registered for exit
     /// events: they are signalled, not waited for.
     pub extras: Vec<Member<H>>,
+    /// `kill = "cgroup"`: the binding's own cgroup, once made.
+    pub cgroup: Option<super::cgroup::Hold>,
 }
 
 impl<H> Binding<H> {

@@ -19,6 +19,7 @@ mod acting;
 mod arming;
 mod bindings;
 mod budget;
+mod cgroup;
 mod closer;
 mod control;
 mod persist;
@@ -68,8 +69,10 @@ const LISTENER_TOKEN: Token = Token(RESERVED_TOKENS + 1);
 const BACKEND_TOKEN: Token = Token(RESERVED_TOKENS + 2);
 /// The token the closer wakes the loop with (see `closer`).
 const WAKER_TOKEN: Token = Token(RESERVED_TOKENS + 3);
+/// The token of the inotify descriptor on the cgroups' `cgroup.events`.
+const CGROUP_TOKEN: Token = Token(RESERVED_TOKENS + 4);
 /// Connection `i` has token `CONN_TOKENS + i`.
-const CONN_TOKENS: usize = RESERVED_TOKENS + 4;
+const CONN_TOKENS: usize = RESERVED_TOKENS + 5;
 
 /// Everything the loop reacts to, from the token that announced it. The
 /// set is closed: a new source of events is a new variant, handled in
@@ -85,6 +88,8 @@ enum Event {
     Backend,
     /// The closer drained a lane the loop waits on.
     Closer,
+    /// A cgroup's `cgroup.events` changed (`kill = "cgroup"`).
+    Cgroup,
     /// Connection `i` is readable or writable, or has input left.
     Conn(usize),
     /// A binding member (its token) exited.
@@ -98,6 +103,7 @@ impl Event {
             LISTENER_TOKEN => Event::Listener,
             BACKEND_TOKEN => Event::Backend,
             WAKER_TOKEN => Event::Closer,
+            CGROUP_TOKEN => Event::Cgroup,
             Token(n) if n >= CONN_TOKENS => Event::Conn(n - CONN_TOKENS),
             token => Event::Member(token),
         }
@@ -287,6 +293,8 @@ pub struct Daemon<B: Backend> {
     budget: budget::Budget,
     started: Instant,
     fd_limit: u64,
+    /// Where `kill = "cgroup"` bindings get their cgroups.
+    cgroups: cgroup::Cgroups,
     /// `[daemon] backend` and `poll_interval` as last loaded, to warn
     /// when a reload changes what only a restart applies.
     watch_settings: (config::BackendKind, Duration),
@@ -338,6 +346,11 @@ impl<B: Backend> Daemon<B> {
         control.register(poll.registry(), LISTENER_TOKEN)?;
         let closer = closer::Closer::new(mio::Waker::new(poll.registry(), WAKER_TOKEN)?);
         let budget = budget::Budget::new(fd_limit, config.daemon.max_bindings_per_uid);
+        let cgroups = cgroup::Cgroups::start(
+            config.daemon.cgroup_root.as_deref(),
+            poll.registry(),
+            CGROUP_TOKEN,
+        );
         let mut daemon = Daemon {
             poll,
             events: Events::with_capacity(1024),
@@ -365,10 +378,12 @@ impl<B: Backend> Daemon<B> {
             budget,
             started: Instant::now(),
             fd_limit,
+            cgroups,
             watch_settings: (config.daemon.backend, config.daemon.poll_interval),
         };
         daemon.restore(loaded.bindings);
         daemon.apply(config);
+        daemon.cgroup_sweep();
         Ok(daemon)
     }
 
@@ -424,6 +439,7 @@ impl<B: Backend> Daemon<B> {
                     }
                     Event::Listener => self.accept(),
                     Event::Closer => self.closer_event(),
+                    Event::Cgroup => self.cgroup_event(),
                     Event::Conn(idx) => self.conn_event(idx),
                     Event::Member(token) => self.member_event(token),
                 }

@@ -204,7 +204,7 @@ impl<B: Backend> Daemon<B> {
         }
         // Every process the binding holds costs a descriptor (pidfd
         // backend) and room in the state file: within the uid's budget.
-        let cost = 1 + child_pids.len();
+        let cost = 1 + child_pids.len() + usize::from(kill == crate::config::KillMode::Cgroup);
         self.budget
             .check(uid, cost)
             .map_err(|why| Refusal::new(RefusalCode::Limit, why))?;
@@ -451,6 +451,7 @@ impl<B: Backend> Daemon<B> {
                         .room(Self::budget_uid(Origin::Socket { uid: peer.uid })),
             ),
             fds_closing: count(self.closer.pending_total()),
+            cgroup: self.cgroups.describe(),
         }
     }
 }

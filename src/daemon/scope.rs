@@ -108,7 +108,7 @@ impl<B: Backend> Daemon<B> {
             .collect();
         let mut found: Vec<(ProcEntry, Option<i32>)> = Vec::new();
         match mode {
-            KillMode::Process => {}
+            KillMode::Process | KillMode::Cgroup => {}
             KillMode::Tree => {
                 // Breadth first from every held process: a process whose
                 // parent is held and alive is that process's child, since a

@@ -10,6 +10,8 @@ pub mod linux;
 #[cfg(bsd_like)]
 pub mod bsd;
 
+pub mod cgroup;
+
 use std::io;
 
 /// Turns a C-style `-1` return into the thread's `errno`.

@@ -487,7 +487,7 @@ sgnal = "SIGINT"
             &[
                 r#"t.toml:6:10: binding "qemu": signal: "TREM" is not a signal name (did you mean SIGTERM?)"#,
                 r#"t.toml:7:9: binding "qemu": grace: "48h" is too long (at most "24h"; use "never" to disable escalation)"#,
-                r#"t.toml:8:8: binding "qemu": kill: unknown kill mode "x" (expected "process", "group" or "tree")"#,
+                r#"t.toml:8:8: binding "qemu": kill: unknown kill mode "x" (expected "process", "group", "tree" or "cgroup")"#,
                 r#"t.toml:9:1: binding "qemu": unknown key "sgnal" (expected one of: name, parent, child, children, parent_pidfile, child_pidfile, parent_start, child_start, parent_inode, child_inode, signal, grace, kill) (did you mean "signal"?)"#,
             ],
         );

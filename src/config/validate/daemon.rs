@@ -10,13 +10,14 @@ use super::values::{
 };
 
 /// Keys of `[daemon]`.
-pub(super) const DAEMON_KEYS: [&str; 6] = [
+pub(super) const DAEMON_KEYS: [&str; 7] = [
     "log",
     "state",
     "socket",
     "max_bindings_per_uid",
     "backend",
     "poll_interval",
+    "cgroup_root",
 ];
 
 /// Keys of `[defaults]`.
@@ -42,6 +43,11 @@ pub(super) fn daemon_settings(
     }
     if let Some((socket, _)) = cx.field(table, "socket", |value| socket_path(string(value)?)) {
         settings.socket = Some(socket.into());
+    }
+    if let Some((root, _)) = cx.field(table, "cgroup_root", |value| {
+        absolute_path(string(value)?, "/sys/fs/cgroup/tether")
+    }) {
+        settings.cgroup_root = Some(root.into());
     }
     if let Some((max, _)) = cx.field(table, "max_bindings_per_uid", max_per_uid) {
         settings.max_bindings_per_uid = max;
@@ -196,7 +202,7 @@ state = "state.json"
             &[
                 "t.toml:2:7: [daemon]: log: expected a string, found an integer",
                 "t.toml:3:9: [daemon]: state: empty path (remove the key to use the default)",
-                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval) (did you mean "log"?)"#,
+                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval, cgroup_root) (did you mean "log"?)"#,
             ],
         );
         check(
@@ -243,7 +249,7 @@ sgnal = 1
             &[
                 r#"t.toml:3:10: [defaults]: signal: "SIGFOO" is not a signal name (try SIGTERM)"#,
                 r#"t.toml:4:9: [defaults]: grace: invalid duration "5 sec" (expected e.g. "500ms", "5s", "2m" or "never")"#,
-                r#"t.toml:5:8: [defaults]: kill: unknown kill mode "gruop" (expected "process", "group" or "tree")"#,
+                r#"t.toml:5:8: [defaults]: kill: unknown kill mode "gruop" (expected "process", "group", "tree" or "cgroup")"#,
                 r#"t.toml:6:1: [defaults]: unknown key "sgnal" (expected one of: signal, grace, kill) (did you mean "signal"?)"#,
             ],
         );

@@ -100,8 +100,9 @@ pub fn parse_kill(s: &str) -> Result<KillMode, String> {
         "process" => Ok(KillMode::Process),
         "group" => Ok(KillMode::Group),
         "tree" => Ok(KillMode::Tree),
+        "cgroup" => Ok(KillMode::Cgroup),
         _ => Err(format!(
-            "unknown kill mode {s:?} (expected \"process\", \"group\" or \"tree\")"
+            "unknown kill mode {s:?} (expected \"process\", \"group\", \"tree\" or \"cgroup\")"
         )),
     }
 }
