@@ -10,46 +10,47 @@
 use std::fmt;
 use std::time::Duration;
 
-/// `[daemon] backend`: how tetherd watches processes. Which ones a build
-/// can run depends on its OS; the daemon refuses the others at start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum BackendKind {
+/// Defines [`BackendKind`] from one list: each variant with its name, so
+/// the enum, [`BackendKind::ALL`] and [`BackendKind::name`] cannot drift.
+macro_rules! backend_kinds {
+    ($($(#[$attr:meta])* $kind:ident = $name:literal,)+) => {
+        /// `[daemon] backend`: how tetherd watches processes. Which ones a
+        /// build can run depends on its OS (`watch::available`); the daemon
+        /// refuses the others at start.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub enum BackendKind {
+            $($(#[$attr])* $kind,)+
+        }
+
+        impl BackendKind {
+            /// Every name, in the order of the documentation.
+            pub const ALL: [BackendKind; [$($name),+].len()] = [$(BackendKind::$kind),+];
+
+            /// The name written in the configuration and shown by `status`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(BackendKind::$kind => $name,)+
+                }
+            }
+        }
+    };
+}
+
+backend_kinds! {
     /// The best this host offers: pidfd, then netlink, then poll on Linux;
     /// kqueue elsewhere.
     #[default]
-    Auto,
+    Auto = "auto",
     /// Linux 5.3+: one pidfd per process. Race-free.
-    Pidfd,
+    Pidfd = "pidfd",
     /// Linux without pidfds: the netlink process connector (root, or
     /// CAP_NET_ADMIN, in the initial namespaces).
-    Netlink,
+    Netlink = "netlink",
     /// Linux without pidfds or netlink: every watched pid re-read each
     /// `poll_interval`. The degraded mode.
-    Poll,
+    Poll = "poll",
     /// macOS and the BSDs: EVFILT_PROC in a kqueue.
-    Kqueue,
-}
-
-impl BackendKind {
-    /// Every name, in the order of the documentation.
-    pub const ALL: [BackendKind; 5] = [
-        BackendKind::Auto,
-        BackendKind::Pidfd,
-        BackendKind::Netlink,
-        BackendKind::Poll,
-        BackendKind::Kqueue,
-    ];
-
-    /// The name written in the configuration and shown by `status`.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Auto => "auto",
-            BackendKind::Pidfd => "pidfd",
-            BackendKind::Netlink => "netlink",
-            BackendKind::Poll => "poll",
-            BackendKind::Kqueue => "kqueue",
-        }
-    }
+    Kqueue = "kqueue",
 }
 
 impl fmt::Display for BackendKind {

@@ -56,19 +56,37 @@ pub struct PidfileBindingSpec {
 }
 
 impl PidfileBindingSpec {
-    /// `binding "name"` or `binding PARENT->CHILD` with paths for files.
+    /// Its label for log lines ([`label`]), files shown by their path.
     pub fn label(&self) -> String {
         let show = |s: &PidSource| match s {
             PidSource::Pid(p) => p.pid.to_string(),
             PidSource::Pidfile(path) => path.display().to_string(),
         };
-        match &self.name {
-            Some(name) => format!("binding {}", super::name::quote_name(name)),
-            None => {
-                let children: Vec<String> = self.children.iter().map(show).collect();
-                format!("binding {}->{}", show(&self.parent), children.join(","))
-            }
-        }
+        label(
+            self.name.as_deref(),
+            || show(&self.parent),
+            self.children.first().map(show),
+            self.children.len(),
+        )
+    }
+}
+
+/// The one label of a binding in log lines: `binding "name"`, or without
+/// a name `binding PARENT->CHILD` for one child and `binding
+/// PARENT->(N children)` for more (the daemon adds `#NUMBER (uid U)` for
+/// socket bindings: `daemon::bindings::label`). It never lists the
+/// children: every line about one child names it, and a label that listed
+/// them all made the log grow with the square of the children.
+fn label(
+    name: Option<&str>,
+    parent: impl FnOnce() -> String,
+    first_child: Option<String>,
+    n_children: usize,
+) -> String {
+    match (name, first_child) {
+        (Some(name), _) => format!("binding {}", super::name::quote_name(name)),
+        (None, Some(child)) if n_children == 1 => format!("binding {}->{child}", parent()),
+        (None, _) => format!("binding {}->({n_children} children)", parent()),
     }
 }
 
@@ -157,15 +175,57 @@ pub struct BindingSpec {
 }
 
 impl BindingSpec {
-    /// A short label for log lines: the name, or `PARENT->CHILD` for one
-    /// child and `PARENT->(N children)` for more. It never lists the
-    /// children: every line about one child names it, and a label that
-    /// listed them all made the log grow with the square of the children.
+    /// Its label for log lines ([`label`]).
     pub fn label(&self) -> String {
-        match (&self.name, self.children.as_slice()) {
-            (Some(name), _) => super::name::quote_name(name),
-            (None, [one]) => format!("{}->{}", self.parent.pid, one.pid),
-            (None, all) => format!("{}->({} children)", self.parent.pid, all.len()),
-        }
+        label(
+            self.name.as_deref(),
+            || self.parent.pid.to_string(),
+            self.children.first().map(|child| child.pid.to_string()),
+            self.children.len(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: i64) -> ProcSpec {
+        ProcSpec::unpinned(Pid::try_from(pid).unwrap())
+    }
+
+    /// Pid and pidfile bindings are labelled alike: the name, or the
+    /// parent and one child, or the parent and a count.
+    #[test]
+    fn one_label_format_for_every_binding() {
+        let mut spec = BindingSpec {
+            name: None,
+            parent: proc(10),
+            children: vec![proc(11)],
+            signal: Signal::TERM,
+            grace: Grace::Never,
+            kill: KillMode::Process,
+        };
+        assert_eq!(spec.label(), "binding 10->11");
+        spec.children.push(proc(12));
+        assert_eq!(spec.label(), "binding 10->(2 children)");
+        spec.name = Some("db".into());
+        assert_eq!(spec.label(), r#"binding "db""#);
+
+        let mut pidfile = PidfileBindingSpec {
+            name: None,
+            parent: PidSource::Pidfile("/run/p.pid".into()),
+            children: vec![PidSource::Pid(proc(11))],
+            signal: Signal::TERM,
+            grace: Grace::Never,
+            kill: KillMode::Process,
+        };
+        assert_eq!(pidfile.label(), "binding /run/p.pid->11");
+        pidfile
+            .children
+            .push(PidSource::Pidfile("/run/c.pid".into()));
+        assert_eq!(pidfile.label(), "binding /run/p.pid->(2 children)");
+        pidfile.name = Some("db".into());
+        assert_eq!(pidfile.label(), r#"binding "db""#);
     }
 }

@@ -452,17 +452,17 @@ impl<B: Backend> Daemon<B> {
             self.budget.count_socket_binding(uid, false);
         }
         if self
-            .ids
-            .get(&binding.id)
+            .by_number
+            .get(&binding.number)
             .is_some_and(|&bid| self.bindings.get(bid).is_none())
         {
-            self.ids.remove(&binding.id);
+            self.by_number.remove(&binding.number);
         }
         // A socket binding that is done or removed need not be on disk at
         // once: if the daemon dies first, it is restored and found done
         // again. An unbind, which is acknowledged, asks for durability.
         if matches!(binding.origin, Origin::Socket { .. }) {
-            self.state_dirty.binding(binding.id, Dirty::Lazy);
+            self.state_dirty.binding(binding.number, Dirty::Lazy);
         }
     }
 

@@ -6,13 +6,13 @@
 use super::*;
 
 impl<B: Backend> Daemon<B> {
-    /// The id the next binding is known by (`tetherctl list`, `unbind`),
-    /// never handed out twice, restarts included (the state file keeps the
-    /// next one).
-    pub(super) fn new_public_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
+    /// The number the next binding is known by (`tetherctl list`,
+    /// `unbind`), never handed out twice, restarts included (the state
+    /// file keeps the next one).
+    pub(super) fn new_number(&mut self) -> u64 {
+        let number = self.next_number;
+        self.next_number += 1;
+        number
     }
 
     /// Opens, proves and registers every process of `spec`, and acts at
@@ -24,21 +24,21 @@ impl<B: Backend> Daemon<B> {
         origin: Origin,
         entry: Option<EntryKey>,
     ) -> Option<BindingId> {
-        let id = self.new_public_id();
-        self.add_with_id(spec, origin, id, entry)
+        let number = self.new_number();
+        self.add_numbered(spec, origin, number, entry)
     }
 
     /// Like [`Daemon::add`]; `entry` is the configuration entry whose pins
     /// an unpinned pid is checked against (`None`: socket bindings, whose
     /// specs are pinned).
-    pub(super) fn add_with_id(
+    pub(super) fn add_numbered(
         &mut self,
         spec: Rc<BindingSpec>,
         origin: Origin,
-        public_id: u64,
+        number: u64,
         entry: Option<EntryKey>,
     ) -> Option<BindingId> {
-        let label = bindings::label(&spec, origin, public_id);
+        let label = bindings::label(&spec, origin, number);
         if spec.children.len() > MAX_CHILDREN {
             error!(
                 "{label}: {} children is more than the {MAX_CHILDREN} a binding may have",
@@ -107,7 +107,7 @@ impl<B: Backend> Daemon<B> {
                 }
             }
         }
-        self.insert(spec, origin, public_id, parent, children, &label)
+        self.insert(spec, origin, number, parent, children, &label)
             .ok()
     }
 
@@ -118,7 +118,7 @@ impl<B: Backend> Daemon<B> {
         &mut self,
         spec: Rc<BindingSpec>,
         origin: Origin,
-        public_id: u64,
+        number: u64,
         parent: Option<Member<B::Handle>>,
         children: Vec<Option<Member<B::Handle>>>,
         label: &str,
@@ -147,7 +147,7 @@ impl<B: Backend> Daemon<B> {
             + children.iter().flatten().count()
             + usize::from(spec.kill == KillMode::Cgroup);
         let binding = Binding {
-            id: public_id,
+            number,
             origin,
             spec,
             parent,
@@ -178,8 +178,8 @@ impl<B: Backend> Daemon<B> {
             return Err(why);
         }
         if let Origin::Socket { .. } = origin {
-            self.ids.insert(public_id, id);
-            self.state_dirty.binding(public_id, Dirty::Durable);
+            self.by_number.insert(number, id);
+            self.state_dirty.binding(number, Dirty::Durable);
         }
         let captive_lives = self.cgroup_populated(id);
         let Some(binding) = self.bindings.get_mut(id) else {

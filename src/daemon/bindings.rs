@@ -66,13 +66,15 @@ pub enum Origin {
     },
 }
 
-/// `binding "name"` or `binding PARENT->CHILD`, with the id and uid for
-/// socket bindings.
-pub fn label(spec: &BindingSpec, origin: Origin, id: u64) -> String {
+/// The label of a binding in every log line: the spec's
+/// ([`BindingSpec::label`]: `binding "name"`, `binding PARENT->CHILD`,
+/// `binding PARENT->(N children)`), with its number and uid for socket
+/// bindings (`binding "name" #7 (uid 1000)`).
+pub fn label(spec: &BindingSpec, origin: Origin, number: u64) -> String {
     match origin {
-        Origin::Config => format!("binding {}", spec.label()),
-        Origin::Rule { .. } => format!("binding {} #{id}", spec.label()),
-        Origin::Socket { uid } => format!("binding {} #{id} (uid {uid})", spec.label()),
+        Origin::Config => spec.label(),
+        Origin::Rule { .. } => format!("{} #{number}", spec.label()),
+        Origin::Socket { uid } => format!("{} #{number} (uid {uid})", spec.label()),
     }
 }
 
@@ -106,8 +108,9 @@ pub struct Member<H> {
 /// One binding at run time.
 #[derive(Debug)]
 pub struct Binding<H> {
-    /// The id users see (`tetherctl list`, `unbind`).
-    pub id: u64,
+    /// The number users see (`tetherctl list`, `unbind`; `id` in the
+    /// protocol and the state file, `#N` in labels). Not a [`BindingId`].
+    pub number: u64,
     /// Where it came from.
     pub origin: Origin,
     /// What the configuration or the request said. For socket bindings the
@@ -148,7 +151,7 @@ impl<H> Binding<H> {
     /// `binding "name"` or `binding PARENT->CHILD`, with the id for socket
     /// bindings.
     pub fn label(&self) -> String {
-        label(&self.spec, self.origin, self.id)
+        label(&self.spec, self.origin, self.number)
     }
 
     /// The number of children still held.
@@ -336,7 +339,7 @@ mod tests {
             kill: KillMode::Process,
         };
         Binding {
-            id: 1,
+            number: 1,
             origin: Origin::Config,
             spec: Rc::new(spec),
             parent: None,
@@ -355,7 +358,7 @@ mod tests {
         assert_eq!(b.label(), "binding 10->11");
         Rc::make_mut(&mut b.spec).name = Some("x\" #1 (uid 0): removed\u{2028}\u{202E}".into());
         b.origin = Origin::Socket { uid: 1000 };
-        b.id = 7;
+        b.number = 7;
         assert_eq!(
             b.label(),
             r#"binding "x\" #1 (uid 0): removed\u{2028}\u{202E}" #7 (uid 1000)"#

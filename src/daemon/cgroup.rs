@@ -1,5 +1,5 @@
 //! The whole captive of `kill = "cgroup"`: a cgroup v2 of the binding's
-//! own (`<root>/b<public id>`), which the bound children and their
+//! own (`<root>/b<number>`), which the bound children and their
 //! descendants are moved into when the binding is made. When the parent
 //! exits, every process in it (each held by a handle and proven a member)
 //! gets the binding's signal; when the grace is over, the cgroup is killed
@@ -7,9 +7,9 @@
 //! `cgroup.events` says it is empty (an inotify event in the loop, no
 //! polling), it is removed and the binding ends.
 //!
-//! The path is the root and the public id, so a restarted tetherd finds a
+//! The path is the root and the binding's number, so a restarted tetherd finds a
 //! socket binding's cgroup again without the state file recording it; an
-//! empty `b<id>` that no binding holds is removed at start. The raw file
+//! empty `b<number>` that no binding holds is removed at start. The raw file
 //! access is `sys::cgroup`.
 
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ const GATHER_ROUNDS: usize = 8;
 /// A binding's cgroup.
 #[derive(Debug)]
 pub struct Hold {
-    /// `<root>/b<public id>`.
+    /// `<root>/b<number>`.
     pub dir: PathBuf,
     /// The inotify watch on its `cgroup.events`.
     wd: i32,
@@ -138,11 +138,11 @@ impl<B: Backend> Daemon<B> {
             (Err(why), _) => return Err(format!("kill = \"cgroup\" is not available: {why}")),
             (Ok(_), None) => return Err("kill = \"cgroup\" is not available".into()),
         };
-        let dir = place.root.join(format!("{}{}", cg::PREFIX, binding.id));
+        let dir = place.root.join(format!("{}{}", cg::PREFIX, binding.number));
         let mount = place.mount.clone();
         // A restored socket binding finds its cgroup again. Any other
-        // binding's id is new, so a cgroup of that name with processes
-        // in it is another's (left by a crash before the id was saved):
+        // binding's number is new, so a cgroup of that name with processes
+        // in it is another's (left by a crash before the number was saved):
         // it is never taken over, unless a bound child is in it.
         if binding.origin == Origin::Config && cg::populated(&dir).unwrap_or(false) {
             let relative = dir
@@ -159,7 +159,7 @@ impl<B: Backend> Daemon<B> {
                 ));
             }
         }
-        // The id must never be handed out again, crash or not: the next
+        // The number must never be handed out again, crash or not: the next
         // one is on disk before the cgroup is used.
         self.state_dirty.mark(Dirty::Durable);
         cg::make(&dir).map_err(|e| format!("cannot create cgroup {}: {e}", dir.display()))?;

@@ -50,7 +50,7 @@ const READS_PER_TURN: usize = 64;
 /// is shared): the label is written only when a reader gets the event.
 #[derive(Debug, Clone)]
 pub(super) struct Subject {
-    id: u64,
+    number: u64,
     origin: Origin,
     spec: Rc<BindingSpec>,
 }
@@ -59,7 +59,7 @@ impl Subject {
     /// The binding `binding` is, for its events.
     pub(super) fn of<H>(binding: &Binding<H>) -> Subject {
         Subject {
-            id: binding.id,
+            number: binding.number,
             origin: binding.origin,
             spec: Rc::clone(&binding.spec),
         }
@@ -140,14 +140,14 @@ impl Event {
             time: rfc3339(self.time),
             kind: self.what.kind().into(),
             binding: self.subject.as_ref().map(|s| EventBinding {
-                id: s.id,
+                id: s.number,
                 name: s.spec.name.clone(),
                 origin: origin_name(s.origin).into(),
                 uid: match s.origin {
                     Origin::Socket { uid } | Origin::Rule { uid, .. } => uid,
                     Origin::Config => nix::unistd::geteuid().as_raw(),
                 },
-                label: label(&s.spec, s.origin, s.id),
+                label: label(&s.spec, s.origin, s.number),
             }),
             parent: None,
             children: None,

@@ -260,11 +260,12 @@ pub struct Daemon<B: Backend> {
     watcher: B,
     signals: Signals,
     bindings: Bindings<B::Handle>,
-    /// Socket bindings by the id users see. (Config bindings have ids
-    /// too, but are not unbound by id; a map for them would cost memory on
-    /// every binding for nothing.)
-    ids: HashMap<u64, BindingId>,
-    next_id: u64,
+    /// Socket bindings by the number users see (`Binding::number`).
+    /// (Config bindings have numbers too, but are not unbound by number; a
+    /// map for them would cost memory on every binding for nothing.)
+    by_number: HashMap<u64, BindingId>,
+    /// The number the next binding gets (`Daemon::new_number`).
+    next_number: u64,
     /// Escalation deadlines, earliest first.
     timers: BinaryHeap<Reverse<(Instant, BindingId)>>,
     /// Signals to send again (binding, child index, whether SIGKILL rather
@@ -371,8 +372,8 @@ impl<B: Backend> Daemon<B> {
             watcher,
             signals,
             bindings: Bindings::default(),
-            ids: HashMap::new(),
-            next_id: loaded.next_id.max(1),
+            by_number: HashMap::new(),
+            next_number: loaded.next_id.max(1),
             timers: BinaryHeap::new(),
             retries: BinaryHeap::new(),
             pins: loaded.pins,

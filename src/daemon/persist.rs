@@ -20,7 +20,7 @@ impl<B: Backend> Daemon<B> {
     pub(super) fn restore(&mut self, saved: Vec<SavedBinding>) {
         let n_saved = saved.len();
         for binding in saved {
-            self.next_id = self.next_id.max(binding.id.saturating_add(1));
+            self.next_number = self.next_number.max(binding.id.saturating_add(1));
             if binding.boot_id != self.state.boot_id() {
                 info!(
                     "socket binding #{} (uid {}) dropped: made in an earlier boot, its processes are gone",
@@ -32,8 +32,11 @@ impl<B: Backend> Daemon<B> {
             match saved_spec(&binding) {
                 Ok(spec) => {
                     let origin = Origin::Socket { uid: binding.uid };
-                    let id = binding.id;
-                    if self.add_with_id(Rc::new(spec), origin, id, None).is_none() {
+                    let number = binding.id;
+                    if self
+                        .add_numbered(Rc::new(spec), origin, number, None)
+                        .is_none()
+                    {
                         self.state_dirty.mark(Dirty::Lazy);
                     }
                 }
@@ -90,7 +93,7 @@ impl<B: Backend> Daemon<B> {
                 return Ok(());
             }
             let saved = self.saved_bindings();
-            if let Err(err) = self.state.save_bindings(saved, self.next_id) {
+            if let Err(err) = self.state.save_bindings(saved, self.next_number) {
                 self.state_dirty.full_failed = true;
                 return Err(failed(&self.state, err));
             }
@@ -107,21 +110,21 @@ impl<B: Backend> Daemon<B> {
         touched.dedup();
         let mut bound = Vec::new();
         let mut unbound = Vec::new();
-        for &public_id in &touched {
+        for &number in &touched {
             let live = self
-                .ids
-                .get(&public_id)
+                .by_number
+                .get(&number)
                 .and_then(|&id| self.bindings.get(id))
                 .and_then(|binding| self.saved_binding(binding));
             match live {
-                Some(saved) if !self.state.holds(public_id) => bound.push(saved),
-                None if self.state.holds(public_id) => unbound.push(public_id),
+                Some(saved) if !self.state.holds(number) => bound.push(saved),
+                None if self.state.holds(number) => unbound.push(number),
                 _ => {}
             }
         }
         match self
             .state
-            .append_bindings(&bound, &unbound, self.next_id, durable)
+            .append_bindings(&bound, &unbound, self.next_number, durable)
         {
             Ok(()) => {
                 self.state_dirty = Changes::default();
@@ -160,7 +163,7 @@ impl<B: Backend> Daemon<B> {
             .map(|(child, _)| saved_proc(child))
             .collect();
         Some(SavedBinding {
-            id: binding.id,
+            id: binding.number,
             uid,
             name: spec.name.clone(),
             boot_id: self.state.boot_id().to_owned(),
@@ -239,9 +242,9 @@ impl Changes {
         self.level = self.level.max(level);
     }
 
-    /// Socket binding `public_id` was made or went.
-    pub(super) fn binding(&mut self, public_id: u64, level: Dirty) {
+    /// Socket binding `number` was made or went.
+    pub(super) fn binding(&mut self, number: u64, level: Dirty) {
         self.mark(level);
-        self.touched.push(public_id);
+        self.touched.push(number);
     }
 }

@@ -53,21 +53,21 @@ impl<B: Backend> Daemon<B> {
         };
         match request.op {
             Op::Bind(bind) => match self.bind(peer, bind, fds) {
-                Ok((id, warning)) => (
+                Ok((number, warning)) => (
                     Response {
-                        id: Some(id),
+                        id: Some(number),
                         warning,
                         ..Response::ok()
                     },
-                    Ack::Bind(id),
+                    Ack::Bind(number),
                 ),
                 Err(refusal) => {
                     self.refused(peer, "bind", refusal.code, &refusal.message);
                     (refusal.response(), Ack::Nothing)
                 }
             },
-            Op::Unbind { id } => match self.unbind(peer, id) {
-                Ok(()) => (Response::ok(), Ack::Unbind(id)),
+            Op::Unbind { id: number } => match self.unbind(peer, number) {
+                Ok(()) => (Response::ok(), Ack::Unbind(number)),
                 Err(refusal) => {
                     self.refused(peer, "unbind", refusal.code, &refusal.message);
                     (refusal.response(), Ack::Nothing)
@@ -152,7 +152,7 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    /// Makes a socket binding; returns its id, and a warning for the
+    /// Makes a socket binding; returns its number, and a warning for the
     /// client when the parent was not running.
     fn bind(
         &mut self,
@@ -285,22 +285,22 @@ impl<B: Backend> Daemon<B> {
             grace,
             kill,
         };
-        let public_id = self.new_public_id();
+        let number = self.new_number();
         let origin = Origin::Socket { uid };
-        let label = super::bindings::label(&spec, origin, public_id);
+        let label = super::bindings::label(&spec, origin, number);
         let n_children = child_pids.len();
         let parent = parent.map(|(member, _)| member);
         let children = children
             .into_iter()
             .map(|(member, _)| Some(member))
             .collect();
-        match self.insert(Rc::new(spec), origin, public_id, parent, children, &label) {
+        match self.insert(Rc::new(spec), origin, number, parent, children, &label) {
             Ok(_) => {
                 info!(
                     "{label}: bound by pid {}: parent {parent_pid}, {n_children} children, {signal}, grace {grace}",
                     peer_pid(peer),
                 );
-                Ok((public_id, warning))
+                Ok((number, warning))
             }
             Err(why) => Err(Refusal::new(RefusalCode::NotHeld, why)),
         }
@@ -380,26 +380,21 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    fn unbind(&mut self, peer: &PeerCred, public_id: u64) -> Result<(), Refusal> {
+    fn unbind(&mut self, peer: &PeerCred, number: u64) -> Result<(), Refusal> {
         let from_config = || {
             Refusal::new(
                 RefusalCode::ConfigBinding,
                 format!(
-                    "binding {public_id} comes from the configuration file; remove it there and reload"
+                    "binding {number} comes from the configuration file; remove it there and reload"
                 ),
             )
         };
         // Say "no binding" rather than "not yours": others' ids are not
         // the caller's business.
-        let none = || {
-            Refusal::new(
-                RefusalCode::NoSuchBinding,
-                format!("no binding {public_id}"),
-            )
-        };
-        let Some(&id) = self.ids.get(&public_id) else {
+        let none = || Refusal::new(RefusalCode::NoSuchBinding, format!("no binding {number}"));
+        let Some(&id) = self.by_number.get(&number) else {
             if self.bindings.iter().any(|(_, b)| {
-                b.id == public_id && matches!(b.origin, Origin::Config | Origin::Rule { .. })
+                b.number == number && matches!(b.origin, Origin::Config | Origin::Rule { .. })
             }) {
                 return Err(from_config());
             }
@@ -429,7 +424,7 @@ impl<B: Backend> Daemon<B> {
             .iter()
             .filter(|(_, b)| admin || b.origin == Origin::Socket { uid: peer.uid })
             .map(|(_, b)| BindingInfo {
-                id: b.id,
+                id: b.number,
                 name: b.spec.name.clone(),
                 origin: match b.origin {
                     Origin::Config => "config".into(),
@@ -536,7 +531,7 @@ pub(super) enum RefusalCode {
     NotPermitted,
     /// A limit of the caller's uid is reached.
     Limit,
-    /// No binding has that id (for this caller).
+    /// No binding has that number (for this caller).
     NoSuchBinding,
     /// The binding comes from the configuration file.
     ConfigBinding,

@@ -451,13 +451,13 @@ impl<B: Backend> Daemon<B> {
             grace: rule.grace,
             kill: rule.kill,
         };
-        let public_id = self.new_public_id();
-        let label = bindings::label(&spec, origin, public_id);
+        let number = self.new_number();
+        let label = bindings::label(&spec, origin, number);
         if self
             .insert(
                 Rc::new(spec),
                 origin,
-                public_id,
+                number,
                 Some(launcher),
                 vec![Some(captive)],
                 &label,

@@ -49,9 +49,9 @@ pub(super) struct Reply {
 pub(super) enum Ack {
     /// Nothing that changes the state file.
     Nothing,
-    /// A new binding: undone if it cannot be written.
+    /// A new binding, by number: undone if it cannot be written.
     Bind(u64),
-    /// A removed binding: reported if it cannot be written.
+    /// A removed binding, by number: reported if it cannot be written.
     Unbind(u64),
 }
 
@@ -335,14 +335,14 @@ impl<B: Backend> Daemon<B> {
         let mut touched = Vec::new();
         for reply in replies {
             let line = match (&saved, reply.durable) {
-                (Err(err), Ack::Bind(public_id)) => {
-                    if let Some(&id) = self.ids.get(&public_id) {
+                (Err(err), Ack::Bind(number)) => {
+                    if let Some(&id) = self.by_number.get(&number) {
                         self.remove(id, "its binding could not be written to the state file");
                     }
                     encode(&Response::error(format!("binding not made: {err}")))
                 }
-                (Err(err), Ack::Unbind(public_id)) => encode(&Response::error(format!(
-                    "binding {public_id} is removed, but {err}; a restart before the write succeeds would bring it back"
+                (Err(err), Ack::Unbind(number)) => encode(&Response::error(format!(
+                    "binding {number} is removed, but {err}; a restart before the write succeeds would bring it back"
                 ))),
                 _ => reply.line,
             };

@@ -31,7 +31,7 @@ use nix::sys::event::{EvFlags, EventFilter, FilterFlag, KEvent, Kqueue};
 use super::pids::{self, PidHandle, Watched};
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
 use crate::sys::bsd::{self, ProcInfo};
-use crate::vocab::{Pid, Signal};
+use crate::vocab::{BackendKind, Pid, Signal};
 
 /// The `kqueue` backend.
 #[derive(Debug)]
@@ -106,8 +106,8 @@ fn entry(info: &ProcInfo) -> ProcEntry {
 impl Backend for KqueueWatcher {
     type Handle = PidHandle;
 
-    fn name(&self) -> &'static str {
-        "kqueue"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Kqueue
     }
 
     fn boot_id(&self) -> io::Result<String> {

@@ -63,16 +63,49 @@ pub trait Visitor {
     fn visit<B: Backend + 'static>(self, backend: B) -> Self::Output;
 }
 
-/// The backends this build can run, best first (the order `auto` tries).
-pub fn available() -> &'static [BackendKind] {
-    #[cfg(linux_like)]
-    {
-        &[BackendKind::Pidfd, BackendKind::Netlink, BackendKind::Poll]
-    }
-    #[cfg(not(linux_like))]
-    {
-        &[BackendKind::Kqueue]
-    }
+/// Registers the backends of this build, one line each, best first (the
+/// order `auto` tries): `#[cfg(...)] Kind(settings) => opener,` where
+/// `Kind` is a [`BackendKind`] variant and the opener, an
+/// `io::Result<impl Backend>`, may read the [`Settings`] bound to the
+/// pattern. Generates [`available`] and `open`, which hands the opened
+/// backend to a [`Visitor`] as its concrete type.
+macro_rules! backends {
+    ($(#[$cfg:meta] $kind:ident($settings:pat) => $open:expr,)+) => {
+        /// The backends this build can run, best first (the order `auto`
+        /// tries).
+        pub fn available() -> &'static [BackendKind] {
+            &[$(#[$cfg] BackendKind::$kind,)+]
+        }
+
+        /// Opens the backend `kind` and hands it to `visitor`; on failure
+        /// gives the visitor back with the reason.
+        fn open<V: Visitor>(
+            kind: BackendKind,
+            settings: &Settings,
+            visitor: V,
+        ) -> Result<V::Output, (io::Error, V)> {
+            match kind {
+                $(
+                    #[$cfg]
+                    BackendKind::$kind => {
+                        let $settings: &Settings = settings;
+                        match $open {
+                            Ok(backend) => Ok(visitor.visit(backend)),
+                            Err(err) => Err((err, visitor)),
+                        }
+                    }
+                )+
+                other => Err((not_in_build(other), visitor)),
+            }
+        }
+    };
+}
+
+backends! {
+    #[cfg(linux_like)] Pidfd(_) => pidfd::PidfdWatcher::new(),
+    #[cfg(linux_like)] Netlink(_) => procwatch::ProcWatcher::netlink(),
+    #[cfg(linux_like)] Poll(settings) => procwatch::ProcWatcher::poll(settings.poll_interval),
+    #[cfg(bsd_like)] Kqueue(_) => kqueue::KqueueWatcher::new(),
 }
 
 /// Opens the backend `settings` asks for and hands it to `visitor`. With
@@ -84,79 +117,74 @@ pub fn with_backend<V: Visitor>(settings: &Settings, visitor: V) -> io::Result<V
         one => std::slice::from_ref(one),
     };
     let mut failures = Vec::new();
+    let mut visitor = visitor;
     for &kind in kinds {
-        match open(kind, settings) {
-            Ok(opened) => {
-                if !failures.is_empty() {
-                    warn!("backend {kind} chosen because {}", failures.join("; "));
-                }
-                return Ok(opened.visit(visitor));
+        let chosen = Chosen {
+            kind,
+            passed_over: &failures,
+            visitor,
+        };
+        match open(kind, settings, chosen) {
+            Ok(output) => return Ok(output),
+            Err((err, back)) => {
+                visitor = back.visitor;
+                failures.push(format!("{kind} is not usable: {err}"));
             }
-            Err(err) => failures.push(format!("{kind} is not usable: {err}")),
         }
     }
     Err(io::Error::other(failures.join("; ")))
 }
 
+/// Hands the opened backend on, after logging why the backends tried
+/// before it were passed over (before the visit, which runs the daemon).
+struct Chosen<'f, V> {
+    kind: BackendKind,
+    passed_over: &'f [String],
+    visitor: V,
+}
+
+impl<V: Visitor> Visitor for Chosen<'_, V> {
+    type Output = V::Output;
+
+    fn visit<B: Backend + 'static>(self, backend: B) -> V::Output {
+        if !self.passed_over.is_empty() {
+            warn!(
+                "backend {} chosen because {}",
+                self.kind,
+                self.passed_over.join("; ")
+            );
+        }
+        self.visitor.visit(backend)
+    }
+}
+
 /// Whether each backend of this build can run here: opens it and closes
 /// it again (`tetherd --list-backends`).
 pub fn probe(settings: &Settings) -> Vec<(BackendKind, io::Result<()>)> {
+    /// Closes the backend it is given.
+    struct Close;
+    impl Visitor for Close {
+        type Output = ();
+        fn visit<B: Backend + 'static>(self, backend: B) {
+            drop(backend);
+        }
+    }
     available()
         .iter()
-        .map(|&kind| (kind, open(kind, settings).map(drop)))
+        .map(|&kind| (kind, open(kind, settings, Close).map_err(|(err, _)| err)))
         .collect()
 }
 
-/// A backend opened by [`with_backend`], before it is handed on.
-enum Opened {
-    #[cfg(linux_like)]
-    Pidfd(pidfd::PidfdWatcher),
-    #[cfg(linux_like)]
-    Proc(Box<procwatch::ProcWatcher>),
-    #[cfg(bsd_like)]
-    Kqueue(kqueue::KqueueWatcher),
-}
-
-impl Opened {
-    fn visit<V: Visitor>(self, visitor: V) -> V::Output {
-        match self {
-            #[cfg(linux_like)]
-            Opened::Pidfd(backend) => visitor.visit(backend),
-            #[cfg(linux_like)]
-            Opened::Proc(backend) => visitor.visit(*backend),
-            #[cfg(bsd_like)]
-            Opened::Kqueue(backend) => visitor.visit(backend),
-        }
-    }
-}
-
-fn open(kind: BackendKind, settings: &Settings) -> io::Result<Opened> {
-    let _ = settings;
-    match kind {
-        #[cfg(linux_like)]
-        BackendKind::Pidfd => pidfd::PidfdWatcher::new().map(Opened::Pidfd),
-        #[cfg(linux_like)]
-        BackendKind::Netlink => {
-            procwatch::ProcWatcher::netlink().map(|b| Opened::Proc(Box::new(b)))
-        }
-        #[cfg(linux_like)]
-        BackendKind::Poll => {
-            procwatch::ProcWatcher::poll(settings.poll_interval).map(|b| Opened::Proc(Box::new(b)))
-        }
-        #[cfg(bsd_like)]
-        BackendKind::Kqueue => kqueue::KqueueWatcher::new().map(Opened::Kqueue),
-        other => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "{other} is not a backend of this OS (this build has: {})",
-                available()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
-    }
+/// Why `kind` cannot be opened: this build does not have it.
+fn not_in_build(kind: BackendKind) -> io::Error {
+    let names: Vec<&str> = available().iter().map(|kind| kind.name()).collect();
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "{kind} is not a backend of this OS (this build has: {})",
+            names.join(", ")
+        ),
+    )
 }
 
 /// The start time of a running process as backends record it (`Identity::start`),
@@ -348,8 +376,13 @@ pub trait Backend: Sized + fmt::Debug {
     /// and no other, whatever becomes of the pid.
     type Handle: fmt::Debug;
 
-    /// A short name for logs and status (`pidfd`, `kqueue`, ...).
-    fn name(&self) -> &'static str;
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Its name, for logs and status (`pidfd`, `kqueue`, ...).
+    fn name(&self) -> &'static str {
+        self.kind().name()
+    }
 
     /// An id of the current boot, stored with pins so that a pin taken
     /// before a reboot is never matched after it.

@@ -20,7 +20,7 @@ use mio::{Interest, Registry, Token};
 use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
 use crate::sys::linux as sys;
-use crate::vocab::{Pid, Signal};
+use crate::vocab::{BackendKind, Pid, Signal};
 
 /// `PID_FS_MAGIC` from linux/magic.h: the file system of pidfds on 6.9+.
 const PIDFS_MAGIC: i64 = 0x5049_4446;
@@ -59,8 +59,8 @@ fn is_magic<T: TryInto<i64>>(f_type: T, magic: i64) -> bool {
 impl Backend for PidfdWatcher {
     type Handle = PidfdHandle;
 
-    fn name(&self) -> &'static str {
-        "pidfd"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Pidfd
     }
 
     fn boot_id(&self) -> io::Result<String> {
@@ -100,13 +100,9 @@ impl Backend for PidfdWatcher {
     }
 
     fn owner(&self, pid: Pid, handle: &PidfdHandle) -> io::Result<Option<Owner>> {
-        let owner = procfs::owner(pid.get());
         // Still alive after the read: the /proc entry read was this
         // process's own, not a successor's.
-        if self.has_exited(handle) {
-            return Ok(None);
-        }
-        owner
+        procfs::owner_while_alive(pid, || Ok(self.has_exited(handle)))
     }
 
     fn process_table(&self) -> io::Result<Vec<ProcEntry>> {
@@ -118,12 +114,7 @@ impl Backend for PidfdWatcher {
     }
 
     fn entry(&self, pid: Pid, handle: &PidfdHandle) -> io::Result<Option<ProcEntry>> {
-        let stat = procfs::stat(pid.get());
-        // Alive after the read: the /proc entry read was this process's.
-        if self.has_exited(handle) {
-            return Ok(None);
-        }
-        Ok(stat?.map(|s| s.entry(pid.get())))
+        procfs::entry_while_alive(pid, |_| Ok(self.has_exited(handle)))
     }
 
     fn register(

@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::{Owner, ProcEntry};
+use crate::vocab::Pid;
 
 /// The parts of `/proc/PID/stat` tether uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +129,35 @@ pub fn owner(pid: i32) -> io::Result<Option<Owner>> {
             format!("/proc/{pid}/status: cannot parse the Uid and Gid lines"),
         )),
     }
+}
+
+/// The owner of `pid`, trusted only if `exited`, asked after the read,
+/// says the process the backend's handle refers to was still there: then
+/// the `/proc` entry read was its own, not a successor's at the same pid.
+/// `Ok(None)`: it has exited.
+pub fn owner_while_alive(
+    pid: Pid,
+    exited: impl FnOnce() -> io::Result<bool>,
+) -> io::Result<Option<Owner>> {
+    let owner = owner(pid.get());
+    if exited()? {
+        return Ok(None);
+    }
+    owner
+}
+
+/// The process-table entry of `pid`, trusted as in [`owner_while_alive`];
+/// `exited` is given the stat that was read (a backend without pidfds
+/// judges from it).
+pub fn entry_while_alive(
+    pid: Pid,
+    exited: impl FnOnce(&io::Result<Option<Stat>>) -> io::Result<bool>,
+) -> io::Result<Option<ProcEntry>> {
+    let stat = stat(pid.get());
+    if exited(&stat)? {
+        return Ok(None);
+    }
+    Ok(stat?.map(|s| s.entry(pid.get())))
 }
 
 /// Every process in `/proc`, skipping those that exit during the walk.

@@ -52,7 +52,7 @@ use super::pids::{self, PidHandle, Watched};
 use super::procfs;
 use super::{Backend, Delivery, Identity, OpenError, Owner, ProcEntry};
 use crate::sys::linux as sys;
-use crate::vocab::{Pid, Signal};
+use crate::vocab::{BackendKind, Pid, Signal};
 
 /// `CN_IDX_PROC` and `CN_VAL_PROC` (linux/connector.h).
 pub(super) const CN_IDX_PROC: u32 = 1;
@@ -513,10 +513,10 @@ pub(super) fn wait_for_ack(socket: &OwnedFd, seq: u32) -> io::Result<()> {
 impl Backend for ProcWatcher {
     type Handle = PidHandle;
 
-    fn name(&self) -> &'static str {
+    fn kind(&self) -> BackendKind {
         match self.source {
-            Source::Netlink { .. } => "netlink",
-            Source::Poll { .. } => "poll",
+            Source::Netlink { .. } => BackendKind::Netlink,
+            Source::Poll { .. } => BackendKind::Poll,
         }
     }
 
@@ -578,12 +578,8 @@ impl Backend for ProcWatcher {
     }
 
     fn owner(&self, pid: Pid, handle: &PidHandle) -> io::Result<Option<Owner>> {
-        let owner = procfs::owner(pid.get());
         // Unchanged after the read: the entry read was this process's.
-        if self.exited(handle)? {
-            return Ok(None);
-        }
-        owner
+        procfs::owner_while_alive(pid, || self.exited(handle))
     }
 
     fn process_table(&self) -> io::Result<Vec<ProcEntry>> {
@@ -595,11 +591,7 @@ impl Backend for ProcWatcher {
     }
 
     fn entry(&self, pid: Pid, handle: &PidHandle) -> io::Result<Option<ProcEntry>> {
-        let stat = procfs::stat(pid.get());
-        if exited_given(pid.get(), handle.start, &stat)? {
-            return Ok(None);
-        }
-        Ok(stat?.map(|s| s.entry(pid.get())))
+        procfs::entry_while_alive(pid, |stat| exited_given(pid.get(), handle.start, stat))
     }
 
     fn register(

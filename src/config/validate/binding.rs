@@ -48,6 +48,29 @@ pub(super) struct CheckedProc {
     pub(super) inode: Option<(&'static str, Range<usize>)>,
 }
 
+impl CheckedProc {
+    /// `pid`, written at `pid_span`, with its pins (`start`, `inode`) and
+    /// the fields that hold them (`parent_start` and `parent_inode`,
+    /// `child_start` and `child_inode`, or `children` for both).
+    pub(super) fn new(
+        pid: Pid,
+        pid_span: Range<usize>,
+        [start, inode]: [Pin; 2],
+        [start_field, inode_field]: [&'static str; 2],
+    ) -> Self {
+        CheckedProc {
+            spec: ProcSpec {
+                pid,
+                start: start.as_ref().map(|(start, _)| *start),
+                inode: inode.as_ref().map(|(inode, _)| *inode),
+            },
+            pid_span,
+            start: start.map(|(_, span)| (start_field, span)),
+            inode: inode.map(|(_, span)| (inode_field, span)),
+        }
+    }
+}
+
 /// A binding that passed its own checks.
 #[derive(Debug)]
 pub(super) struct Checked {
@@ -244,16 +267,12 @@ pub(super) fn binding(
         return None;
     }
     let (parent_pid, pid_span) = parent?;
-    let parent = CheckedProc {
-        spec: ProcSpec {
-            pid: parent_pid,
-            start: parent_start.as_ref().map(|(start, _)| *start),
-            inode: parent_inode.as_ref().map(|(inode, _)| *inode),
-        },
+    let parent = CheckedProc::new(
+        parent_pid,
         pid_span,
-        start: parent_start.map(|(_, span)| ("parent_start", span)),
-        inode: parent_inode.map(|(_, span)| ("parent_inode", span)),
-    };
+        [parent_start, parent_inode],
+        ["parent_start", "parent_inode"],
+    );
     Some(Checked {
         label: cx.context,
         spec: BindingSpec {

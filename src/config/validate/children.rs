@@ -5,7 +5,6 @@ use std::collections::HashSet;
 
 use toml::de::DeValue;
 
-use crate::config::model::ProcSpec;
 use crate::config::raw::{self, Table, Value};
 
 use super::binding::{CheckedProc, Pin};
@@ -26,16 +25,12 @@ fn single_child(cx: &mut Cx<'_>, table: &Table<'_>, start: Pin, inode: Pin) -> O
         }
         pid(value)
     })?;
-    Some(CheckedProc {
-        spec: ProcSpec {
-            pid,
-            start: start.as_ref().map(|(start, _)| *start),
-            inode: inode.as_ref().map(|(inode, _)| *inode),
-        },
+    Some(CheckedProc::new(
+        pid,
         pid_span,
-        start: start.map(|(_, span)| ("child_start", span)),
-        inode: inode.map(|(_, span)| ("child_inode", span)),
-    })
+        [start, inode],
+        ["child_start", "child_inode"],
+    ))
 }
 
 /// The children given by pid: `child` (pinned by `child_start` and
@@ -128,12 +123,12 @@ pub(super) fn entry(cx: &mut Cx<'_>, item: &Value<'_>) -> Option<CheckedProc> {
     let table = match item.get_ref() {
         DeValue::Integer(_) => {
             return match pid(item) {
-                Ok(pid) => Some(CheckedProc {
-                    spec: ProcSpec::unpinned(pid),
-                    pid_span: item.span(),
-                    start: None,
-                    inode: None,
-                }),
+                Ok(pid) => Some(CheckedProc::new(
+                    pid,
+                    item.span(),
+                    [None, None],
+                    ["children", "children"],
+                )),
                 Err(message) => {
                     cx.error(item.span(), Some("children"), message);
                     None
@@ -184,16 +179,12 @@ pub(super) fn entry(cx: &mut Cx<'_>, item: &Value<'_>) -> Option<CheckedProc> {
         }
     };
     let (pid, pid_span) = pid?;
-    Some(CheckedProc {
-        spec: ProcSpec {
-            pid,
-            start: start.as_ref().map(|(start, _)| *start),
-            inode: inode.as_ref().map(|(inode, _)| *inode),
-        },
+    Some(CheckedProc::new(
+        pid,
         pid_span,
-        start: start.map(|(_, span)| ("children", span)),
-        inode: inode.map(|(_, span)| ("children", span)),
-    })
+        [start, inode],
+        ["children", "children"],
+    ))
 }
 
 /// `child_start` and `child_inode` pin `child`; with `children`, each
