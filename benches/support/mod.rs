@@ -36,6 +36,7 @@ pub fn usable_backends() -> Vec<String> {
 
 /// The number after `--name` on the benchmark's command line, or
 /// `default`.
+#[allow(dead_code)] // not the load benchmark's
 pub fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
