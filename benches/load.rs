@@ -209,7 +209,6 @@ fn measure(backend: &str, procs: &[Child], n: usize) {
         thread::sleep(Duration::from_millis(1));
     };
     let samples = pinger.finish();
-    let first = samples.first().map(|(sent, ..)| *sent);
     let (worst, answered) = longest(&samples, ready);
     let loading = samples
         .iter()
@@ -220,7 +219,6 @@ fn measure(backend: &str, procs: &[Child], n: usize) {
         ms(ready - t0),
         ms(worst),
     );
-    let _ = first;
 
     // Reload to nothing, then back to n: each answered when applied.
     for (what, text, held) in [
@@ -257,7 +255,7 @@ fn measure(backend: &str, procs: &[Child], n: usize) {
         assert!(loaded(&line, held), "after the reload: {line}");
     }
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = child.wait();

@@ -282,6 +282,24 @@ pub struct StatusInfo {
     /// Descriptors clients passed or left that wait to be closed.
     #[serde(default)]
     pub fds_closing: u64,
+    /// The configuration load being applied, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loading: Option<LoadProgress>,
+}
+
+/// A configuration load in progress (at start, or a reload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadProgress {
+    /// `start` or `reload`.
+    pub what: String,
+    /// Entries applied so far (bindings removed or added, or found
+    /// unchanged).
+    pub applied: u64,
+    /// Entries in all.
+    pub total: u64,
+    /// Whether another reload waits for this one to be done.
+    #[serde(default)]
+    pub reload_queued: bool,
 }
 
 /// What a reload did.

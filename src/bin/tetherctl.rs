@@ -639,6 +639,19 @@ fn status(socket: &Target, json: bool) -> Outcome {
         "processes:    {} held by your bindings of {} allowed",
         status.processes_held, status.processes_allowed
     );
+    if let Some(load) = &status.loading {
+        println!(
+            "loading:      {} in progress, {} of {} configuration entries applied{}",
+            load.what,
+            load.applied,
+            load.total,
+            if load.reload_queued {
+                "; another reload waits for it"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(Exit::Ok)
 }
 

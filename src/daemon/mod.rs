@@ -50,7 +50,7 @@ use crate::config::{
     self, parse_duration, parse_kill, parse_signal, BindingSpec, Config, ConfigErrors, Defaults,
     Grace, KillMode, Pid, PidSource, PidfileBindingSpec, ProcSpec, Signal, Trust,
 };
-use crate::protocol::ReloadInfo;
+use crate::protocol::{LoadProgress, ReloadInfo};
 use crate::watch::{self, Backend, Delivery, Identity, OpenError, ProcEntry};
 use bindings::{Binding, Bindings, Member, MemberRef, Scope, MAX_CHILDREN, RESERVED_TOKENS};
 // What one room offers the others (see each module's documentation).
@@ -58,6 +58,7 @@ use acting::Outcome;
 use arming::{special_process, Proven};
 use control::{Conn, ControlSocket};
 use persist::Dirty;
+use reload::{Load, LoadKind, QueuedReload};
 use state::{EntryKey, Pin, SavedBinding, SavedProc};
 
 /// The token of the daemon's own signals.
@@ -289,6 +290,10 @@ pub struct Daemon<B: Backend> {
     /// `[daemon] backend` and `poll_interval` as last loaded, to warn
     /// when a reload changes what only a restart applies.
     watch_settings: (config::BackendKind, Duration),
+    /// The configuration being applied, a slice per iteration (`reload`).
+    load: Option<Box<Load>>,
+    /// A reload asked for while `load` runs, applied after it.
+    queued: Option<Box<QueuedReload>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -365,28 +370,26 @@ impl<B: Backend> Daemon<B> {
             started: Instant::now(),
             fd_limit,
             watch_settings: (config.daemon.backend, config.daemon.poll_interval),
+            load: None,
+            queued: None,
         };
         daemon.restore(loaded.bindings);
-        daemon.apply(config);
+        daemon.begin_load(config, LoadKind::Start, Vec::new());
         Ok(daemon)
     }
 
-    /// Runs until SIGTERM or SIGINT. Children are left alone on the way out.
+    /// Runs until SIGTERM or SIGINT. Children are left alone on the way
+    /// out. The socket is served from the start; the configuration is
+    /// applied in slices meanwhile, and readiness announced once it is.
     pub fn run(&mut self) -> io::Result<()> {
-        let fds_per_binding = 2;
-        info!(
-            "tetherd {} ready: {} bindings ({} watched), backend {}, descriptor limit {} (about {} bindings of one child), state {}, socket {}",
-            env!("CARGO_PKG_VERSION"),
-            self.bindings.len(),
-            self.n_armed(),
-            self.watcher.name(),
-            self.fd_limit,
-            self.fd_limit.saturating_sub(RESERVED_FDS) / fds_per_binding,
-            self.state.path().display(),
-            self.control.path().display(),
-        );
-        let status = self.status_line();
-        self.options.notifier.ready(&status);
+        if let Some(load) = self.load_progress() {
+            info!(
+                "tetherd {} serving {}; applying {} configured entries before it is ready",
+                env!("CARGO_PKG_VERSION"),
+                self.control.path().display(),
+                load.total
+            );
+        }
         let mut tokens: Vec<Token> = Vec::new();
         loop {
             let timeout = self.next_timeout();
@@ -408,6 +411,10 @@ impl<B: Backend> Daemon<B> {
                     Event::Backend => {}
                     Event::Signal => {
                         if let Some(stop) = self.handle_signals() {
+                            // A load still running stops where it is;
+                            // its waiting clients see the socket close.
+                            self.load = None;
+                            self.queued = None;
                             self.commit();
                             if let Err(err) = self.save_state_if(Dirty::Lazy) {
                                 error!("{err}");
@@ -427,11 +434,31 @@ impl<B: Backend> Daemon<B> {
                     Event::Member(token) => self.member_event(token),
                 }
             }
+            self.load_slice();
             self.run_due_retries();
             self.run_due_timers();
             self.expire_idle_conns();
             self.commit();
         }
+    }
+
+    /// The initial configuration is applied: tell the log and whoever
+    /// waits for readiness.
+    fn announce_ready(&mut self) {
+        let fds_per_binding = 2;
+        info!(
+            "tetherd {} ready: {} bindings ({} watched), backend {}, descriptor limit {} (about {} bindings of one child), state {}, socket {}",
+            env!("CARGO_PKG_VERSION"),
+            self.bindings.len(),
+            self.n_armed(),
+            self.watcher.name(),
+            self.fd_limit,
+            self.fd_limit.saturating_sub(RESERVED_FDS) / fds_per_binding,
+            self.state.path().display(),
+            self.control.path().display(),
+        );
+        let status = self.status_line();
+        self.options.notifier.ready(&status);
     }
 
     /// The short status a service manager shows.
@@ -452,10 +479,10 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// The poll timeout: until the earliest deadline (escalation, or a
-    /// connection's idle timeout), zero while input is left unread, or
-    /// forever when nothing is pending.
+    /// connection's idle timeout), zero while input is left unread or a
+    /// load runs, or forever when nothing is pending.
     fn next_timeout(&mut self) -> Option<Duration> {
-        if !self.backlog.is_empty() || self.watcher.has_pending() {
+        if !self.backlog.is_empty() || self.watcher.has_pending() || self.load.is_some() {
             return Some(Duration::ZERO);
         }
         // Deadlines of bindings that finished or went away before their

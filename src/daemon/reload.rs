@@ -3,22 +3,74 @@
 //! Unchanged bindings keep their watches and timers; pidfile bindings are
 //! resolved here (see `pidfile`); a binding with a pending SIGKILL is never
 //! dropped by a reload.
+//!
+//! A configuration is applied in slices, at start as on reload: each loop
+//! iteration applies entries for at most [`SLICE`] (in the file's order,
+//! removals first), then serves the socket and the watchers, so a load of
+//! any size never keeps them waiting longer than that. A reload is
+//! answered once its whole load is applied. A reload asked for while a
+//! load runs is read and checked at once (a broken file is refused at
+//! once), and applied when the running load is done; reloads asked for
+//! meanwhile are merged into one, the last file read, and every one of
+//! them gets its answer.
 
 use super::*;
 
+/// The longest one slice of a load keeps the loop (the entry being
+/// applied when it runs out is finished first).
+pub(super) const SLICE: Duration = Duration::from_millis(5);
+
+/// Why a configuration is being applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LoadKind {
+    /// The one read at start: readiness is announced when it is applied.
+    Start,
+    /// A reload (SIGHUP or `tetherctl reload`).
+    Reload,
+}
+
+/// A configuration being applied, a slice per loop iteration.
+#[derive(Debug)]
+pub(super) struct Load {
+    kind: LoadKind,
+    /// Configured bindings that left the configuration, to remove first.
+    stale: std::vec::IntoIter<BindingId>,
+    /// The configuration's entries in its order, each with the key of its
+    /// pidfile entry, if it came from one.
+    wanted: std::vec::IntoIter<(BindingSpec, Option<EntryKey>)>,
+    /// Configured bindings by what they say, kept up to date as entries
+    /// are applied (built for the diff, dropped at the end).
+    by_spec: HashMap<Rc<BindingSpec>, BindingId>,
+    n_added: usize,
+    n_removed: usize,
+    n_unchanged: usize,
+    n_failed: usize,
+    /// Removals and entries in all, and how many are done.
+    total: usize,
+    done: usize,
+    began: Instant,
+    /// Loop time spent applying it, and in how many slices.
+    busy: Duration,
+    n_slices: usize,
+    /// Connections waiting for its answer (`tetherctl reload`).
+    waiters: Vec<usize>,
+}
+
+/// A reload asked for while a load runs: its file, read and checked, is
+/// applied when that load is done.
+#[derive(Debug)]
+pub(super) struct QueuedReload {
+    config: Config,
+    waiters: Vec<usize>,
+}
+
 impl<B: Backend> Daemon<B> {
-    /// Re-reads the configuration and applies the difference. An invalid
-    /// file changes nothing; its errors are logged and returned.
-    pub(super) fn reload(&mut self) -> Result<ReloadInfo, ConfigErrors> {
+    /// Re-reads the configuration and begins to apply the difference, or
+    /// queues it behind the load that runs. An invalid file changes
+    /// nothing; its errors are logged and returned.
+    pub(super) fn reload(&mut self) -> Result<(), ConfigErrors> {
         info!("reloading {}", self.options.config.path.display());
         self.options.notifier.reloading();
-        let result = self.reload_config();
-        let status = self.status_line();
-        self.options.notifier.ready(&status);
-        result
-    }
-
-    pub(super) fn reload_config(&mut self) -> Result<ReloadInfo, ConfigErrors> {
         let n_held = self
             .bindings
             .iter()
@@ -27,7 +79,14 @@ impl<B: Backend> Daemon<B> {
         match self.options.config.load_replacing(n_held) {
             Ok(config) => {
                 self.warn_if_restart_needed(&config);
-                Ok(self.apply(config))
+                if self.load.is_some() {
+                    info!("a load is being applied; the configuration just read is applied when it is done");
+                    let waiters = self.queued.take().map(|q| q.waiters).unwrap_or_default();
+                    self.queued = Some(Box::new(QueuedReload { config, waiters }));
+                } else {
+                    self.begin_load(config, LoadKind::Reload, Vec::new());
+                }
+                Ok(())
             }
             Err(errors) => {
                 error!(
@@ -38,9 +97,58 @@ impl<B: Backend> Daemon<B> {
                 for err in &errors.0 {
                     error!("{err}");
                 }
+                if self.load.is_none() {
+                    let status = self.status_line();
+                    self.options.notifier.ready(&status);
+                }
                 Err(errors)
             }
         }
+    }
+
+    /// The connections waiting for a load's answer.
+    pub(super) fn load_waiters(&mut self) -> Option<&mut Vec<usize>> {
+        match (&mut self.queued, &mut self.load) {
+            (Some(queued), _) => Some(&mut queued.waiters),
+            (None, Some(load)) => Some(&mut load.waiters),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether connection `idx` waits for a load's answer (it is read no
+    /// further until then, so its answers stay in order).
+    pub(super) fn awaits_load(&self, idx: usize) -> bool {
+        self.load.as_ref().is_some_and(|l| l.waiters.contains(&idx))
+            || self
+                .queued
+                .as_ref()
+                .is_some_and(|q| q.waiters.contains(&idx))
+    }
+
+    /// Forgets connection `idx` as a waiter (it closed).
+    pub(super) fn forget_waiter(&mut self, idx: usize) {
+        if let Some(load) = &mut self.load {
+            load.waiters.retain(|&w| w != idx);
+        }
+        if let Some(queued) = &mut self.queued {
+            queued.waiters.retain(|&w| w != idx);
+        }
+    }
+
+    /// What `tetherctl status` says of the load that runs.
+    pub(super) fn load_progress(&self) -> Option<LoadProgress> {
+        let load = self.load.as_ref()?;
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Some(LoadProgress {
+            what: match load.kind {
+                LoadKind::Start => "start",
+                LoadKind::Reload => "reload",
+            }
+            .into(),
+            applied: count(load.done),
+            total: count(load.total),
+            reload_queued: self.queued.is_some(),
+        })
     }
 
     /// `backend` and `poll_interval` are read at start only: say so when a
@@ -63,11 +171,15 @@ impl<B: Backend> Daemon<B> {
         self.watch_settings = (config.daemon.backend, config.daemon.poll_interval);
     }
 
-    /// Makes the configured bindings those of `config`: adds new ones,
-    /// drops removed ones, leaves unchanged ones (and their timers) alone.
-    /// A binding whose SIGKILL is pending is never dropped by a reload: it
-    /// stays, outside the configuration, until its escalation is done.
-    pub(super) fn apply(&mut self, mut config: Config) -> ReloadInfo {
+    /// Begins to make the configured bindings those of `config`: new ones
+    /// are added, removed ones dropped, unchanged ones (and their timers)
+    /// left alone, a slice at a time ([`Daemon::load_slice`]). A binding
+    /// whose SIGKILL is pending is never dropped by a reload: it stays,
+    /// outside the configuration, until its escalation is done. Pidfiles
+    /// are read and the settings of `[daemon]` and `[defaults]` take effect
+    /// now.
+    pub(super) fn begin_load(&mut self, mut config: Config, kind: LoadKind, waiters: Vec<usize>) {
+        let began = Instant::now();
         // Each entry with its key (for its pins). Pidfile bindings become
         // pid bindings here, each file read now. A refused one is logged
         // and left out, unless the entry holds a binding: a pidfile being
@@ -138,49 +250,128 @@ impl<B: Backend> Daemon<B> {
             .filter(|(_, b)| b.origin == Origin::Config)
             .map(|(id, b)| (Rc::clone(&b.spec), id))
             .collect();
+        // Removed in the order they are held, so the log reads the same
+        // each time.
         let wanted: HashSet<&BindingSpec> = wanted_specs.iter().map(|(spec, _)| spec).collect();
-        let stale: Vec<(Rc<BindingSpec>, BindingId)> = by_spec
+        let stale: Vec<BindingId> = self
+            .bindings
             .iter()
-            .filter(|(spec, _)| !wanted.contains(spec.as_ref()))
-            .map(|(spec, id)| (Rc::clone(spec), *id))
+            .filter(|(_, b)| b.origin == Origin::Config && !wanted.contains(b.spec.as_ref()))
+            .map(|(id, b)| {
+                by_spec.remove(&b.spec);
+                id
+            })
             .collect();
         drop(wanted);
         let n_removed = stale.len();
-        for (spec, id) in stale {
-            by_spec.remove(&spec);
-            match self.bindings.get(id) {
-                Some(b) if matches!(b.phase, Phase::Signalled { deadline: Some(_) }) => info!(
-                    "{}: no longer in the configuration; kept until its pending SIGKILL is sent",
-                    b.label()
-                ),
-                _ => self.remove(id, "no longer in the configuration"),
+        let total = stale.len() + wanted_specs.len();
+        self.load = Some(Box::new(Load {
+            kind,
+            stale: stale.into_iter(),
+            wanted: wanted_specs.into_iter(),
+            by_spec,
+            n_added: 0,
+            n_removed,
+            n_unchanged: 0,
+            n_failed: n_refused,
+            total,
+            done: 0,
+            began,
+            busy: began.elapsed(),
+            n_slices: 0,
+            waiters,
+        }));
+    }
+
+    /// Applies the load that runs for at most [`SLICE`]; finishes it when
+    /// nothing is left.
+    pub(super) fn load_slice(&mut self) {
+        let Some(mut load) = self.load.take() else {
+            return;
+        };
+        let began = Instant::now();
+        let mut n_done = 0;
+        let finished = loop {
+            if n_done > 0 && began.elapsed() >= SLICE {
+                break false;
             }
-        }
-        let (mut n_added, mut n_unchanged, mut n_failed) = (0, 0, n_refused);
-        for (spec, pidfile_entry) in wanted_specs {
-            let entry = pidfile_entry.unwrap_or_else(|| EntryKey::of_spec(&spec));
-            let id = match by_spec.get(&spec) {
-                Some(&id) => {
-                    n_unchanged += 1;
-                    Some(id)
+            if let Some(id) = load.stale.next() {
+                match self.bindings.get(id) {
+                    Some(b) if matches!(b.phase, Phase::Signalled { deadline: Some(_) }) => info!(
+                        "{}: no longer in the configuration; kept until its pending SIGKILL is sent",
+                        b.label()
+                    ),
+                    _ => self.remove(id, "no longer in the configuration"),
                 }
-                None => {
-                    let spec = Rc::new(spec);
-                    let id = self.add(Rc::clone(&spec), Origin::Config, Some(entry));
-                    match id {
-                        Some(id) => {
-                            by_spec.insert(spec, id);
-                            n_added += 1;
-                        }
-                        None => n_failed += 1,
+            } else if let Some((spec, pidfile_entry)) = load.wanted.next() {
+                self.apply_entry(&mut load, spec, pidfile_entry);
+            } else {
+                break true;
+            }
+            n_done += 1;
+        };
+        load.done += n_done;
+        load.busy += began.elapsed();
+        load.n_slices += 1;
+        if finished {
+            self.finish_load(*load);
+        } else {
+            debug!(
+                "load: {n_done} entries applied in {:.1}ms; {} of {} done",
+                began.elapsed().as_secs_f64() * 1e3,
+                load.done,
+                load.total
+            );
+            self.load = Some(load);
+        }
+    }
+
+    /// Applies one entry of the configuration: adds its binding, unless
+    /// one that says the same is held.
+    fn apply_entry(&mut self, load: &mut Load, spec: BindingSpec, pidfile_entry: Option<EntryKey>) {
+        let entry = pidfile_entry.unwrap_or_else(|| EntryKey::of_spec(&spec));
+        let id = match load.by_spec.get(&spec) {
+            Some(&id) => {
+                load.n_unchanged += 1;
+                Some(id)
+            }
+            None => {
+                let spec = Rc::new(spec);
+                let id = self.add(Rc::clone(&spec), Origin::Config, Some(entry));
+                match id {
+                    Some(id) => {
+                        load.by_spec.insert(spec, id);
+                        load.n_added += 1;
                     }
-                    id
+                    None => load.n_failed += 1,
                 }
-            };
-            if let (Some(id), Some(entry)) = (id, pidfile_entry) {
-                self.pidfile_entries.insert(id, entry);
+                id
             }
+        };
+        if let (Some(id), Some(entry)) = (id, pidfile_entry) {
+            self.pidfile_entries.insert(id, entry);
         }
+    }
+
+    /// Ends a load whose entries are all applied: pins follow their
+    /// entries, the state is written, the waiting clients are answered,
+    /// readiness is announced, and a queued reload begins.
+    fn finish_load(&mut self, load: Load) {
+        let finishing = Instant::now();
+        let Load {
+            kind,
+            began,
+            busy,
+            n_slices,
+            by_spec,
+            n_added,
+            n_removed,
+            n_unchanged,
+            n_failed,
+            total,
+            waiters,
+            ..
+        } = load;
         // Pins follow their entries: an entry keeps the pins of the pids
         // it names now; the pins of an entry that left are retired (kept,
         // bounded), so the same entry coming back gets them again, while
@@ -213,12 +404,39 @@ impl<B: Backend> Daemon<B> {
             "configuration applied: {n_added} added, {n_removed} removed, {n_unchanged} unchanged, {n_failed} failed; {} bindings held",
             self.bindings.len()
         );
+        debug!(
+            "load of {total} entries: {:.1}ms, {:.1}ms of it in the loop over {} slices",
+            began.elapsed().as_secs_f64() * 1e3,
+            (busy + finishing.elapsed()).as_secs_f64() * 1e3,
+            n_slices
+        );
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        ReloadInfo {
+        let info = ReloadInfo {
             added: count(n_added),
             removed: count(n_removed),
             unchanged: count(n_unchanged),
             failed: count(n_failed),
+        };
+        for idx in waiters {
+            self.answer_later(
+                idx,
+                &crate::protocol::Response {
+                    reload: Some(info),
+                    ..crate::protocol::Response::ok()
+                },
+            );
+        }
+        match kind {
+            LoadKind::Start => self.announce_ready(),
+            LoadKind::Reload if self.queued.is_none() => {
+                let status = self.status_line();
+                self.options.notifier.ready(&status);
+            }
+            LoadKind::Reload => {}
+        }
+        if let Some(queued) = self.queued.take() {
+            let QueuedReload { config, waiters } = *queued;
+            self.begin_load(config, LoadKind::Reload, waiters);
         }
     }
 

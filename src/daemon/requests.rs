@@ -100,13 +100,8 @@ impl<B: Backend> Daemon<B> {
                     peer_pid(peer)
                 );
                 match self.reload() {
-                    Ok(info) => (
-                        Response {
-                            reload: Some(info),
-                            ..Response::ok()
-                        },
-                        Ack::Nothing,
-                    ),
+                    // Answered when the load is applied (see `serve`).
+                    Ok(()) => (Response::ok(), Ack::Reload),
                     Err(errors) => (
                         Response {
                             errors: errors.0.iter().map(ToString::to_string).collect(),
@@ -456,6 +451,7 @@ impl<B: Backend> Daemon<B> {
                         .room(Self::budget_uid(Origin::Socket { uid: peer.uid })),
             ),
             fds_closing: count(self.closer.pending_total()),
+            loading: self.load_progress(),
         }
     }
 }
