@@ -290,7 +290,8 @@ pub struct StatusInfo {
 /// A configuration load in progress (at start, or a reload).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadProgress {
-    /// `start` or `reload`.
+    /// `start` or `reload` (being applied), or `reading` (a reload's
+    /// file is being read and checked).
     pub what: String,
     /// Entries applied so far (bindings removed or added, or found
     /// unchanged).

@@ -639,7 +639,9 @@ fn status(socket: &Target, json: bool) -> Outcome {
         "processes:    {} held by your bindings of {} allowed",
         status.processes_held, status.processes_allowed
     );
-    if let Some(load) = &status.loading {
+    if status.loading.as_ref().is_some_and(|l| l.what == "reading") {
+        println!("loading:      reading the configuration file for a reload");
+    } else if let Some(load) = &status.loading {
         println!(
             "loading:      {} in progress, {} of {} configuration entries applied{}",
             load.what,

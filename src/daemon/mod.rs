@@ -58,7 +58,7 @@ use acting::Outcome;
 use arming::{special_process, Proven};
 use control::{Conn, ControlSocket};
 use persist::Dirty;
-use reload::{Load, LoadKind, QueuedReload};
+use reload::{Load, LoadKind, QueuedReload, Reading, READING_TICK};
 use state::{EntryKey, Pin, SavedBinding, SavedProc};
 
 /// The token of the daemon's own signals.
@@ -294,6 +294,8 @@ pub struct Daemon<B: Backend> {
     load: Option<Box<Load>>,
     /// A reload asked for while `load` runs, applied after it.
     queued: Option<Box<QueuedReload>>,
+    /// The configuration file being read for a reload.
+    reading: Option<Box<Reading>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -372,6 +374,7 @@ impl<B: Backend> Daemon<B> {
             watch_settings: (config.daemon.backend, config.daemon.poll_interval),
             load: None,
             queued: None,
+            reading: None,
         };
         daemon.restore(loaded.bindings);
         daemon.begin_load(config, LoadKind::Start, Vec::new());
@@ -415,6 +418,7 @@ impl<B: Backend> Daemon<B> {
                             // its waiting clients see the socket close.
                             self.load = None;
                             self.queued = None;
+                            self.reading = None;
                             self.commit();
                             if let Err(err) = self.save_state_if(Dirty::Lazy) {
                                 error!("{err}");
@@ -434,6 +438,7 @@ impl<B: Backend> Daemon<B> {
                     Event::Member(token) => self.member_event(token),
                 }
             }
+            self.reading_done();
             self.load_slice();
             self.run_due_retries();
             self.run_due_timers();
@@ -511,10 +516,9 @@ impl<B: Backend> Daemon<B> {
             .flatten()
             .map(|c| c.last_active + IDLE_TIMEOUT)
             .min();
-        let deadline = match (escalation, idle) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
+        // A file being read for a reload is looked for now and then.
+        let reading = self.reading.as_ref().map(|_| Instant::now() + READING_TICK);
+        let deadline = [escalation, idle, reading].into_iter().flatten().min()?;
         Some(deadline.saturating_duration_since(Instant::now()))
     }
 
@@ -531,7 +535,7 @@ impl<B: Backend> Daemon<B> {
         }
         if reload {
             info!("SIGHUP received");
-            let _ = self.reload();
+            self.reload();
         }
         None
     }

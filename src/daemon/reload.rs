@@ -8,11 +8,14 @@
 //! iteration applies entries for at most [`SLICE`] (in the file's order,
 //! removals first), then serves the socket and the watchers, so a load of
 //! any size never keeps them waiting longer than that. A reload is
-//! answered once its whole load is applied. A reload asked for while a
-//! load runs is read and checked at once (a broken file is refused at
-//! once), and applied when the running load is done; reloads asked for
-//! meanwhile are merged into one, the last file read, and every one of
-//! them gets its answer.
+//! answered once its whole load is applied. The file itself is read and
+//! checked on a thread (`Reading`), the loop serving meanwhile; a broken
+//! file is refused and changes nothing. A reload asked for while a file is
+//! read has it read again after; one whose file is read while a load runs
+//! waits for that load (`QueuedReload`), and reloads that wait are merged
+//! into one (the last file read), every one of them answered.
+
+use std::sync::mpsc;
 
 use super::*;
 
@@ -64,29 +67,101 @@ pub(super) struct QueuedReload {
     waiters: Vec<usize>,
 }
 
+/// A configuration file being read and checked on a thread of its own
+/// (a large file takes a while, and a file still being written is waited
+/// for), so that the loop goes on serving meanwhile.
+#[derive(Debug)]
+pub(super) struct Reading {
+    result: mpsc::Receiver<Result<Config, ConfigErrors>>,
+    /// Connections waiting for the answer of this read.
+    waiters: Vec<usize>,
+    /// Reloads asked for during this read (the file may have changed
+    /// since it began): read again when it is done, for these.
+    again: Option<Vec<usize>>,
+}
+
+/// How often the loop looks for the end of a read (only while one runs).
+pub(super) const READING_TICK: Duration = Duration::from_millis(2);
+
 impl<B: Backend> Daemon<B> {
-    /// Re-reads the configuration and begins to apply the difference, or
-    /// queues it behind the load that runs. An invalid file changes
-    /// nothing; its errors are logged and returned.
-    pub(super) fn reload(&mut self) -> Result<(), ConfigErrors> {
+    /// Asks for the configuration to be read again and the difference
+    /// applied: the file is read on a thread, then its load begins, or
+    /// waits for the load that runs (see [`Daemon::reading_done`]).
+    pub(super) fn reload(&mut self) {
         info!("reloading {}", self.options.config.path.display());
         self.options.notifier.reloading();
+        match &mut self.reading {
+            Some(reading) => {
+                reading.again.get_or_insert_with(Vec::new);
+            }
+            None => self.start_reading(Vec::new()),
+        }
+    }
+
+    /// Starts reading the configuration for `waiters`.
+    fn start_reading(&mut self, waiters: Vec<usize>) {
         let n_held = self
             .bindings
             .iter()
             .filter(|(_, b)| b.origin == Origin::Config)
             .count();
-        match self.options.config.load_replacing(n_held) {
+        let source = self.options.config.clone();
+        let (send, result) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("config".into())
+            .spawn(move || {
+                // The loop may have stopped meanwhile: nothing to tell.
+                let _ = send.send(source.load_replacing(n_held));
+            });
+        let result = match spawned {
+            Ok(_) => result,
+            Err(err) => {
+                warn!("cannot start a thread to read the configuration ({err}); reading it in the loop");
+                let (send, result) = mpsc::channel();
+                let _ = send.send(self.options.config.load_replacing(n_held));
+                result
+            }
+        };
+        self.reading = Some(Box::new(Reading {
+            result,
+            waiters,
+            again: None,
+        }));
+    }
+
+    /// Takes the configuration read, if the read is done: begins its load,
+    /// or queues it behind the one that runs; a broken file is refused
+    /// (logged, and its waiters answered) and changes nothing.
+    pub(super) fn reading_done(&mut self) {
+        let Some(reading) = &self.reading else {
+            return;
+        };
+        let result = match reading.result.try_recv() {
+            Ok(result) => result,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => Err(ConfigErrors::whole_file(
+                &self.options.config.path,
+                "the thread reading it stopped".to_string(),
+            )),
+        };
+        let Some(reading) = self.reading.take() else {
+            return;
+        };
+        let Reading { waiters, again, .. } = *reading;
+        match result {
             Ok(config) => {
                 self.warn_if_restart_needed(&config);
                 if self.load.is_some() {
                     info!("a load is being applied; the configuration just read is applied when it is done");
-                    let waiters = self.queued.take().map(|q| q.waiters).unwrap_or_default();
-                    self.queued = Some(Box::new(QueuedReload { config, waiters }));
+                    let mut all = self.queued.take().map(|q| q.waiters).unwrap_or_default();
+                    all.extend(waiters);
+                    self.queued = Some(Box::new(QueuedReload {
+                        config,
+                        waiters: all,
+                    }));
                 } else {
-                    self.begin_load(config, LoadKind::Reload, Vec::new());
+                    self.begin_load(config, LoadKind::Reload, waiters);
                 }
-                Ok(())
             }
             Err(errors) => {
                 error!(
@@ -97,17 +172,36 @@ impl<B: Backend> Daemon<B> {
                 for err in &errors.0 {
                     error!("{err}");
                 }
-                if self.load.is_none() {
-                    let status = self.status_line();
-                    self.options.notifier.ready(&status);
+                let response = super::requests::invalid_config(&errors);
+                for idx in waiters {
+                    self.answer_later(idx, &response);
                 }
-                Err(errors)
             }
+        }
+        match again {
+            Some(waiters) => self.start_reading(waiters),
+            None => self.ready_if_settled(),
         }
     }
 
-    /// The connections waiting for a load's answer.
+    /// Tells the service manager the daemon is ready again once no reload
+    /// is being read, queued or applied.
+    fn ready_if_settled(&mut self) {
+        if self.reading.is_none() && self.queued.is_none() && self.load.is_none() {
+            let status = self.status_line();
+            self.options.notifier.ready(&status);
+        }
+    }
+
+    /// The connections waiting for the answer of the last reload asked
+    /// for.
     pub(super) fn load_waiters(&mut self) -> Option<&mut Vec<usize>> {
+        if let Some(reading) = &mut self.reading {
+            return Some(match &mut reading.again {
+                Some(again) => again,
+                None => &mut reading.waiters,
+            });
+        }
         match (&mut self.queued, &mut self.load) {
             (Some(queued), _) => Some(&mut queued.waiters),
             (None, Some(load)) => Some(&mut load.waiters),
@@ -115,7 +209,7 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    /// Whether connection `idx` waits for a load's answer (it is read no
+    /// Whether connection `idx` waits for a reload's answer (it is read no
     /// further until then, so its answers stay in order).
     pub(super) fn awaits_load(&self, idx: usize) -> bool {
         self.load.as_ref().is_some_and(|l| l.waiters.contains(&idx))
@@ -123,10 +217,19 @@ impl<B: Backend> Daemon<B> {
                 .queued
                 .as_ref()
                 .is_some_and(|q| q.waiters.contains(&idx))
+            || self.reading.as_ref().is_some_and(|r| {
+                r.waiters.contains(&idx) || r.again.as_ref().is_some_and(|a| a.contains(&idx))
+            })
     }
 
     /// Forgets connection `idx` as a waiter (it closed).
     pub(super) fn forget_waiter(&mut self, idx: usize) {
+        if let Some(reading) = &mut self.reading {
+            reading.waiters.retain(|&w| w != idx);
+            if let Some(again) = &mut reading.again {
+                again.retain(|&w| w != idx);
+            }
+        }
         if let Some(load) = &mut self.load {
             load.waiters.retain(|&w| w != idx);
         }
@@ -137,8 +240,15 @@ impl<B: Backend> Daemon<B> {
 
     /// What `tetherctl status` says of the load that runs.
     pub(super) fn load_progress(&self) -> Option<LoadProgress> {
-        let load = self.load.as_ref()?;
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let Some(load) = &self.load else {
+            return self.reading.as_ref().map(|_| LoadProgress {
+                what: "reading".into(),
+                applied: 0,
+                total: 0,
+                reload_queued: false,
+            });
+        };
         Some(LoadProgress {
             what: match load.kind {
                 LoadKind::Start => "start",
@@ -147,7 +257,7 @@ impl<B: Backend> Daemon<B> {
             .into(),
             applied: count(load.done),
             total: count(load.total),
-            reload_queued: self.queued.is_some(),
+            reload_queued: self.queued.is_some() || self.reading.is_some(),
         })
     }
 
@@ -426,17 +536,16 @@ impl<B: Backend> Daemon<B> {
                 },
             );
         }
-        match kind {
-            LoadKind::Start => self.announce_ready(),
-            LoadKind::Reload if self.queued.is_none() => {
-                let status = self.status_line();
-                self.options.notifier.ready(&status);
-            }
-            LoadKind::Reload => {}
+        if kind == LoadKind::Start {
+            self.announce_ready();
         }
-        if let Some(queued) = self.queued.take() {
-            let QueuedReload { config, waiters } = *queued;
-            self.begin_load(config, LoadKind::Reload, waiters);
+        match self.queued.take() {
+            Some(queued) => {
+                let QueuedReload { config, waiters } = *queued;
+                self.begin_load(config, LoadKind::Reload, waiters);
+            }
+            None if kind == LoadKind::Reload => self.ready_if_settled(),
+            None => {}
         }
     }
 

@@ -15,7 +15,9 @@ use log::{info, warn};
 use super::bindings::{Member, MAX_CHILDREN};
 use super::serve::Ack;
 use super::{Daemon, Origin, Phase, Proven};
-use crate::config::{parse_duration, parse_kill, parse_signal, BindingSpec, Pid, ProcSpec};
+use crate::config::{
+    parse_duration, parse_kill, parse_signal, BindingSpec, ConfigErrors, Pid, ProcSpec,
+};
 use crate::protocol::{BindRequest, BindingInfo, Op, ProcRef, Request, Response, StatusInfo};
 use crate::sys::PeerCred;
 use crate::watch::{Backend, Identity};
@@ -99,24 +101,10 @@ impl<B: Backend> Daemon<B> {
                     peer.uid,
                     peer_pid(peer)
                 );
-                match self.reload() {
-                    // Answered when the load is applied (see `serve`).
-                    Ok(()) => (Response::ok(), Ack::Reload),
-                    Err(errors) => (
-                        Response {
-                            errors: errors.0.iter().map(ToString::to_string).collect(),
-                            ..Refusal::new(
-                                RefusalCode::InvalidConfig,
-                                format!(
-                                    "reload refused: {} error(s) in the configuration; the running one stays in force",
-                                    errors.0.len()
-                                ),
-                            )
-                            .response()
-                        },
-                        Ack::Nothing,
-                    ),
-                }
+                // Answered when the file is read and its load applied,
+                // or found broken (see `reload` and `serve`).
+                self.reload();
+                (Response::ok(), Ack::Reload)
             }
         }
     }
@@ -463,6 +451,21 @@ pub(super) fn peer_pid(peer: &PeerCred) -> String {
 /// A binding name: the configuration's one rule.
 fn check_name(name: &str) -> Result<(), String> {
     crate::config::check_name(name).map_err(|why| format!("name: {why}"))
+}
+
+/// The answer to a reload whose file is broken.
+pub(super) fn invalid_config(errors: &ConfigErrors) -> Response {
+    Response {
+        errors: errors.0.iter().map(ToString::to_string).collect(),
+        ..Refusal::new(
+            RefusalCode::InvalidConfig,
+            format!(
+                "reload refused: {} error(s) in the configuration; the running one stays in force",
+                errors.0.len()
+            ),
+        )
+        .response()
+    }
 }
 
 /// A response as one line of JSON.
