@@ -504,21 +504,29 @@ impl<B: Backend> Daemon<B> {
         self.pins.sync(&live, &named);
         drop((live, named));
         drop(by_spec);
+        let synced = finishing.elapsed();
         self.bindings.shrink_to_fit();
         self.pins.shrink_to_fit();
+        let shrunk = finishing.elapsed();
         if let Err(err) = self.save_state() {
             error!("{err}");
         }
+        let saved = finishing.elapsed();
         crate::sys::release_free_memory();
         info!(
             "configuration applied: {n_added} added, {n_removed} removed, {n_unchanged} unchanged, {n_failed} failed; {} bindings held",
             self.bindings.len()
         );
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         debug!(
-            "load of {total} entries: {:.1}ms, {:.1}ms of it in the loop over {} slices",
-            began.elapsed().as_secs_f64() * 1e3,
-            (busy + finishing.elapsed()).as_secs_f64() * 1e3,
-            n_slices
+            "load of {total} entries: {:.1}ms, {:.1}ms of it in the loop over {n_slices} slices and the end ({:.1}ms: pins {:.1}ms, shrinking {:.1}ms, state written {:.1}ms, memory released {:.1}ms)",
+            ms(began.elapsed()),
+            ms(busy + finishing.elapsed()),
+            ms(finishing.elapsed()),
+            ms(synced),
+            ms(shrunk - synced),
+            ms(saved - shrunk),
+            ms(finishing.elapsed() - saved),
         );
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         let info = ReloadInfo {

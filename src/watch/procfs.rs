@@ -82,12 +82,15 @@ fn is_gone(err: &io::Error) -> bool {
 
 /// Reads a file under `/proc` whole, as bytes (the kernel's error kept
 /// as it is, so that ESRCH and EMFILE can be told apart). `/proc` files
-/// say their size is 0, so `fs::read` would ask for it (statx) and then
-/// read in small probes; a buffer as large as a `stat` line reads most
-/// of them in one call (and one more that says the end).
+/// say their size is 0: `fs::read` and `File::read_to_end` would ask for
+/// it (statx, lseek) and then read in small probes. Through `take`, which
+/// asks nothing, a buffer as large as a `stat` line reads most of them in
+/// one call (and one more that says the end).
 fn read_proc(path: &str) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(1024);
-    fs::File::open(path)?.read_to_end(&mut bytes)?;
+    fs::File::open(path)?
+        .take(u64::MAX)
+        .read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
