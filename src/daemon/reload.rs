@@ -32,10 +32,28 @@ pub(super) enum LoadKind {
     Reload,
 }
 
+/// Where a load is: its entries, then its end, one step per loop
+/// iteration (each step of the end is one piece of work that cannot be
+/// cut, so they are not added up in one iteration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Removing and adding bindings, a slice at a time.
+    Entries,
+    /// The pins follow their entries.
+    Pins,
+    /// The pins and state files are written.
+    Write,
+    /// Memory given back, the clients answered, readiness announced.
+    End,
+}
+
 /// A configuration being applied, a slice per loop iteration.
 #[derive(Debug)]
 pub(super) struct Load {
     kind: LoadKind,
+    stage: Stage,
+    /// Loop time of the end's steps (pins, write), for the log.
+    end_steps: [Duration; 2],
     /// Configured bindings that left the configuration, to remove first.
     stale: std::vec::IntoIter<BindingId>,
     /// The configuration's entries in its order, each with the key of its
@@ -377,6 +395,8 @@ impl<B: Backend> Daemon<B> {
         let total = stale.len() + wanted_specs.len();
         self.load = Some(Box::new(Load {
             kind,
+            stage: Stage::Entries,
+            end_steps: [Duration::ZERO; 2],
             stale: stale.into_iter(),
             wanted: wanted_specs.into_iter(),
             by_spec,
@@ -393,13 +413,40 @@ impl<B: Backend> Daemon<B> {
         }));
     }
 
-    /// Applies the load that runs for at most [`SLICE`]; finishes it when
-    /// nothing is left.
+    /// One turn of the load that runs: a slice of its entries (at most
+    /// [`SLICE`]), or one step of its end.
     pub(super) fn load_slice(&mut self) {
         let Some(mut load) = self.load.take() else {
             return;
         };
         let began = Instant::now();
+        match load.stage {
+            Stage::Entries => self.apply_entries(&mut load, began),
+            Stage::Pins => {
+                self.pins_follow_entries(&mut load);
+                load.end_steps[0] = began.elapsed();
+                load.stage = Stage::Write;
+            }
+            Stage::Write => {
+                // `self.load` is empty here, so the pins are written too.
+                if let Err(err) = self.save_state() {
+                    error!("{err}");
+                }
+                load.end_steps[1] = began.elapsed();
+                load.stage = Stage::End;
+            }
+            Stage::End => {
+                self.finish_load(*load);
+                return;
+            }
+        }
+        load.busy += began.elapsed();
+        load.n_slices += 1;
+        self.load = Some(load);
+    }
+
+    /// Removes and adds bindings for at most [`SLICE`].
+    fn apply_entries(&mut self, load: &mut Load, began: Instant) {
         let mut n_done = 0;
         let finished = loop {
             if n_done > 0 && began.elapsed() >= SLICE {
@@ -414,26 +461,50 @@ impl<B: Backend> Daemon<B> {
                     _ => self.remove(id, "no longer in the configuration"),
                 }
             } else if let Some((spec, pidfile_entry)) = load.wanted.next() {
-                self.apply_entry(&mut load, spec, pidfile_entry);
+                self.apply_entry(load, spec, pidfile_entry);
             } else {
                 break true;
             }
             n_done += 1;
         };
         load.done += n_done;
-        load.busy += began.elapsed();
-        load.n_slices += 1;
         if finished {
-            self.finish_load(*load);
-        } else {
-            debug!(
-                "load: {n_done} entries applied in {:.1}ms; {} of {} done",
-                began.elapsed().as_secs_f64() * 1e3,
-                load.done,
-                load.total
-            );
-            self.load = Some(load);
+            load.stage = Stage::Pins;
         }
+        debug!(
+            "load: {n_done} entries applied in {:.1}ms; {} of {} done",
+            began.elapsed().as_secs_f64() * 1e3,
+            load.done,
+            load.total
+        );
+    }
+
+    /// Pins follow their entries: an entry keeps the pins of the pids it
+    /// names now; the pins of an entry that left are retired (kept,
+    /// bounded), so the same entry coming back gets them again, while no
+    /// other entry can ever use them.
+    fn pins_follow_entries(&mut self, load: &mut Load) {
+        let by_spec = std::mem::take(&mut load.by_spec);
+        self.pidfile_entries
+            .retain(|&id, _| self.bindings.get(id).is_some());
+        let mut live = HashSet::with_capacity(by_spec.len());
+        let mut named = HashSet::with_capacity(by_spec.len() * 2);
+        for (spec, id) in &by_spec {
+            let entry = self
+                .pidfile_entries
+                .get(id)
+                .copied()
+                .unwrap_or_else(|| EntryKey::of_spec(spec));
+            live.insert(entry);
+            for pid in std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid)) {
+                named.insert((entry, pid));
+            }
+        }
+        self.pins.sync(&live, &named);
+        drop((live, named));
+        drop(by_spec);
+        self.bindings.shrink_to_fit();
+        self.pins.shrink_to_fit();
     }
 
     /// Applies one entry of the configuration: adds its binding, unless
@@ -463,9 +534,9 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    /// Ends a load whose entries are all applied: pins follow their
-    /// entries, the state is written, the waiting clients are answered,
-    /// readiness is announced, and a queued reload begins.
+    /// Ends a load whose entries are applied and pins written: memory is
+    /// given back, the waiting clients are answered, readiness is
+    /// announced, and a queued reload begins.
     fn finish_load(&mut self, load: Load) {
         let finishing = Instant::now();
         let Load {
@@ -473,7 +544,7 @@ impl<B: Backend> Daemon<B> {
             began,
             busy,
             n_slices,
-            by_spec,
+            end_steps,
             n_added,
             n_removed,
             n_unchanged,
@@ -482,51 +553,20 @@ impl<B: Backend> Daemon<B> {
             waiters,
             ..
         } = load;
-        // Pins follow their entries: an entry keeps the pins of the pids
-        // it names now; the pins of an entry that left are retired (kept,
-        // bounded), so the same entry coming back gets them again, while
-        // no other entry can ever use them.
-        self.pidfile_entries
-            .retain(|&id, _| self.bindings.get(id).is_some());
-        let mut live = HashSet::with_capacity(by_spec.len());
-        let mut named = HashSet::with_capacity(by_spec.len() * 2);
-        for (spec, id) in &by_spec {
-            let entry = self
-                .pidfile_entries
-                .get(id)
-                .copied()
-                .unwrap_or_else(|| EntryKey::of_spec(spec));
-            live.insert(entry);
-            for pid in std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid)) {
-                named.insert((entry, pid));
-            }
-        }
-        self.pins.sync(&live, &named);
-        drop((live, named));
-        drop(by_spec);
-        let synced = finishing.elapsed();
-        self.bindings.shrink_to_fit();
-        self.pins.shrink_to_fit();
-        let shrunk = finishing.elapsed();
-        if let Err(err) = self.save_state() {
-            error!("{err}");
-        }
-        let saved = finishing.elapsed();
         crate::sys::release_free_memory();
         info!(
             "configuration applied: {n_added} added, {n_removed} removed, {n_unchanged} unchanged, {n_failed} failed; {} bindings held",
             self.bindings.len()
         );
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let [pins, write] = end_steps;
         debug!(
-            "load of {total} entries: {:.1}ms, {:.1}ms of it in the loop over {n_slices} slices and the end ({:.1}ms: pins {:.1}ms, shrinking {:.1}ms, state written {:.1}ms, memory released {:.1}ms)",
+            "load of {total} entries: {:.1}ms, {:.1}ms of it in the loop over {n_slices} turns; its end took one turn each: pins {:.1}ms, files written {:.1}ms, memory released {:.1}ms",
             ms(began.elapsed()),
             ms(busy + finishing.elapsed()),
+            ms(pins),
+            ms(write),
             ms(finishing.elapsed()),
-            ms(synced),
-            ms(shrunk - synced),
-            ms(saved - shrunk),
-            ms(finishing.elapsed() - saved),
         );
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         let info = ReloadInfo {
