@@ -52,8 +52,10 @@ enum Stage {
 pub(super) struct Load {
     kind: LoadKind,
     stage: Stage,
-    /// Loop time of the end's steps (pins, write), for the log.
+    /// Loop time of the end's steps (pins, write), and of the longest
+    /// turn, for the log.
     end_steps: [Duration; 2],
+    longest: Duration,
     /// Configured bindings that left the configuration, to remove first.
     stale: std::vec::IntoIter<BindingId>,
     /// The configuration's entries in its order, each with the key of its
@@ -397,6 +399,7 @@ impl<B: Backend> Daemon<B> {
             kind,
             stage: Stage::Entries,
             end_steps: [Duration::ZERO; 2],
+            longest: Duration::ZERO,
             stale: stale.into_iter(),
             wanted: wanted_specs.into_iter(),
             by_spec,
@@ -441,6 +444,7 @@ impl<B: Backend> Daemon<B> {
             }
         }
         load.busy += began.elapsed();
+        load.longest = load.longest.max(began.elapsed());
         load.n_slices += 1;
         self.load = Some(load);
     }
@@ -545,6 +549,7 @@ impl<B: Backend> Daemon<B> {
             busy,
             n_slices,
             end_steps,
+            longest,
             n_added,
             n_removed,
             n_unchanged,
@@ -561,9 +566,10 @@ impl<B: Backend> Daemon<B> {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let [pins, write] = end_steps;
         debug!(
-            "load of {total} entries: {:.1}ms, {:.1}ms of it in the loop over {n_slices} turns; its end took one turn each: pins {:.1}ms, files written {:.1}ms, memory released {:.1}ms",
+            "load of {total} entries: {:.1}ms, {:.1}ms of it in the loop over {n_slices} turns, the longest {:.1}ms; its end took one turn each: pins {:.1}ms, files written {:.1}ms, memory released {:.1}ms",
             ms(began.elapsed()),
             ms(busy + finishing.elapsed()),
+            ms(longest.max(finishing.elapsed())),
             ms(pins),
             ms(write),
             ms(finishing.elapsed()),
