@@ -464,7 +464,13 @@ type Outcome = Result<Exit, (Exit, String)>;
 /// One request, one response, over a fresh connection.
 fn request(target: &Target, op: Op, fds: &[BorrowedFd<'_>]) -> Result<Response, (Exit, String)> {
     let (stream, socket) = connect(target)?;
-    let timeout = Some(Duration::from_secs(30));
+    // A reload is answered once its whole load is applied, after any
+    // reload it waits for: 100,000 bindings take seconds.
+    let timeout = Some(Duration::from_secs(if matches!(op, Op::Reload) {
+        300
+    } else {
+        30
+    }));
     let _ = stream.set_read_timeout(timeout);
     let _ = stream.set_write_timeout(timeout);
     let mut line = serde_json::to_vec(&Request { v: VERSION, op })
