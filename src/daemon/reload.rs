@@ -64,6 +64,10 @@ pub(super) struct Load {
     /// Configured bindings by what they say, kept up to date as entries
     /// are applied (built for the diff, dropped at the end).
     by_spec: HashMap<Rc<BindingSpec>, BindingId>,
+    /// The entries held, and the pids each names, gathered as entries are
+    /// applied, for the pins to follow at the end.
+    live: HashSet<EntryKey>,
+    named: HashSet<(EntryKey, Pid)>,
     n_added: usize,
     n_removed: usize,
     n_unchanged: usize,
@@ -403,6 +407,8 @@ impl<B: Backend> Daemon<B> {
             stale: stale.into_iter(),
             wanted: wanted_specs.into_iter(),
             by_spec,
+            live: HashSet::with_capacity(total),
+            named: HashSet::with_capacity(total * 2),
             n_added: 0,
             n_removed,
             n_unchanged: 0,
@@ -486,27 +492,16 @@ impl<B: Backend> Daemon<B> {
     /// Pins follow their entries: an entry keeps the pins of the pids it
     /// names now; the pins of an entry that left are retired (kept,
     /// bounded), so the same entry coming back gets them again, while no
-    /// other entry can ever use them.
+    /// other entry can ever use them. (Which entries are held, and which
+    /// pids they name, was gathered slice by slice.)
     fn pins_follow_entries(&mut self, load: &mut Load) {
-        let by_spec = std::mem::take(&mut load.by_spec);
         self.pidfile_entries
             .retain(|&id, _| self.bindings.get(id).is_some());
-        let mut live = HashSet::with_capacity(by_spec.len());
-        let mut named = HashSet::with_capacity(by_spec.len() * 2);
-        for (spec, id) in &by_spec {
-            let entry = self
-                .pidfile_entries
-                .get(id)
-                .copied()
-                .unwrap_or_else(|| EntryKey::of_spec(spec));
-            live.insert(entry);
-            for pid in std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid)) {
-                named.insert((entry, pid));
-            }
-        }
+        let live = std::mem::take(&mut load.live);
+        let named = std::mem::take(&mut load.named);
         self.pins.sync(&live, &named);
         drop((live, named));
-        drop(by_spec);
+        drop(std::mem::take(&mut load.by_spec));
         self.bindings.shrink_to_fit();
         self.pins.shrink_to_fit();
     }
@@ -533,8 +528,26 @@ impl<B: Backend> Daemon<B> {
                 id
             }
         };
-        if let (Some(id), Some(entry)) = (id, pidfile_entry) {
+        let Some(id) = id else {
+            return;
+        };
+        if let Some(entry) = pidfile_entry {
             self.pidfile_entries.insert(id, entry);
+        }
+        // The key its pins are kept under: the pidfile entry that made it,
+        // else its spec's.
+        let Some(binding) = self.bindings.get(id) else {
+            return;
+        };
+        let spec = &binding.spec;
+        let entry = self
+            .pidfile_entries
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| EntryKey::of_spec(spec));
+        load.live.insert(entry);
+        for pid in std::iter::once(spec.parent.pid).chain(spec.children.iter().map(|c| c.pid)) {
+            load.named.insert((entry, pid));
         }
     }
 
