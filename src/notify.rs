@@ -4,11 +4,14 @@
 //!
 //! - s6's notification descriptor (`tetherd --ready-fd N`, also what
 //!   runit-style supervisors and `s6-svscan`'s `notification-fd` use): a
-//!   newline is written to descriptor N once the loop runs, and N is
+//!   newline is written to descriptor N once the configuration read at
+//!   start is applied (the loop serves the socket while it is), and N is
 //!   closed.
 //! - systemd's `sd_notify`, when `NOTIFY_SOCKET` is set: `READY=1`
-//!   datagrams to that socket, `RELOADING=1` with `MONOTONIC_USEC` before
-//!   each reload and `READY=1` after it, `STOPPING=1` on the way out, and
+//!   datagrams to that socket (the first once the configuration read at
+//!   start is applied), `RELOADING=1` with `MONOTONIC_USEC` before each
+//!   reload and `READY=1` once it is applied or refused (after the last of
+//!   reloads that overlap), `STOPPING=1` on the way out, and
 //!   a `STATUS=` line. A few lines over a Unix datagram socket; no
 //!   libsystemd. The shipped unit is `Type=notify` (systemd before 253,
 //!   as in Debian 12, does not know `Type=notify-reload`) and reloads with
@@ -44,7 +47,7 @@ impl Notifier {
         Notifier { ready_fd, socket }
     }
 
-    /// The loop runs: tell whoever waits.
+    /// The configuration is applied: tell whoever waits.
     pub fn ready(&mut self, status: &str) {
         if let Some(fd) = self.ready_fd.take() {
             let mut file = std::fs::File::from(fd);

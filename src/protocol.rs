@@ -312,6 +312,9 @@ pub struct StatusInfo {
     /// Each rule with the processes it bound.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleInfo>,
+    /// The configuration load being applied, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loading: Option<LoadProgress>,
 }
 
 /// One `[[rule]]` as `status` shows it.
@@ -402,6 +405,22 @@ pub struct EventBinding {
     pub uid: u32,
     /// How tetherd's log names it.
     pub label: String,
+}
+
+/// A configuration load in progress (at start, or a reload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadProgress {
+    /// `start` or `reload` (being applied), or `reading` (a reload's
+    /// file is being read and checked).
+    pub what: String,
+    /// Entries applied so far (bindings removed or added, or found
+    /// unchanged).
+    pub applied: u64,
+    /// Entries in all.
+    pub total: u64,
+    /// Whether another reload waits for this one to be done.
+    #[serde(default)]
+    pub reload_queued: bool,
 }
 
 /// What a reload did.

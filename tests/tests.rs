@@ -58,6 +58,8 @@ mod kill_modes;
 #[cfg(target_os = "linux")]
 mod lifecycle;
 #[cfg(target_os = "linux")]
+mod loads;
+#[cfg(target_os = "linux")]
 mod log_size;
 #[cfg(target_os = "linux")]
 mod names;

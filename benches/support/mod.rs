@@ -36,6 +36,7 @@ pub fn usable_backends() -> Vec<String> {
 
 /// The number after `--name` on the benchmark's command line, or
 /// `default`.
+#[allow(dead_code)] // not the load benchmark's
 pub fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -56,8 +57,8 @@ pub struct Tetherd {
 impl Tetherd {
     /// Starts tetherd on a config of `[daemon] log = "warn"`, no per-uid
     /// cap to speak of, and `bindings` (TOML appended as is), and waits
-    /// until its loop runs: the socket is bound before the bindings are
-    /// loaded, but a `status` is answered only after.
+    /// until its configuration is applied: the socket is served while it
+    /// loads, and a `status` says `loading` until it is done.
     #[allow(dead_code)] // the control benchmark's
     pub fn start(bindings: &str) -> Tetherd {
         Tetherd::start_on(None, bindings)
@@ -89,6 +90,7 @@ impl Tetherd {
                 let mut line = String::new();
                 if BufReader::new(&stream).read_line(&mut line).is_ok()
                     && line.contains("\"ok\":true")
+                    && !line.contains("\"loading\"")
                 {
                     break;
                 }

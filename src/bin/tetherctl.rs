@@ -501,7 +501,13 @@ fn request_on(
     op: Op,
     fds: &[BorrowedFd<'_>],
 ) -> Result<Response, (Exit, String)> {
-    let timeout = Some(Duration::from_secs(30));
+    // A reload is answered once its whole load is applied, after any
+    // reload it waits for: 100,000 bindings take seconds.
+    let timeout = Some(Duration::from_secs(if matches!(op, Op::Reload) {
+        300
+    } else {
+        30
+    }));
     let _ = stream.set_read_timeout(timeout);
     let _ = stream.set_write_timeout(timeout);
     let mut line = serde_json::to_vec(&Request { v: VERSION, op })
@@ -689,6 +695,21 @@ fn status(socket: &Target, json: bool) -> Outcome {
                 rule.matches
             );
         }
+    }
+    if status.loading.as_ref().is_some_and(|l| l.what == "reading") {
+        println!("loading:      reading the configuration file for a reload");
+    } else if let Some(load) = &status.loading {
+        println!(
+            "loading:      {} in progress, {} of {} configuration entries applied{}",
+            load.what,
+            load.applied,
+            load.total,
+            if load.reload_queued {
+                "; another reload waits for it"
+            } else {
+                ""
+            }
+        );
     }
     Ok(Exit::Ok)
 }

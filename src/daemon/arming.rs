@@ -372,7 +372,9 @@ pub(super) fn refuse_special<H>(
 /// (kthreadd, pid 2 of the initial namespace, and its workers). Pid 1 is
 /// no `Pid`.
 pub(super) fn special_process(pid: Pid, start: Option<u64>) -> Result<(), String> {
-    if u32::try_from(pid.get()).is_ok_and(|pid| pid == std::process::id()) {
+    // getpid(2) is a system call each time; the daemon never forks.
+    static OWN_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if u32::try_from(pid.get()).is_ok_and(|pid| pid == *OWN_PID.get_or_init(std::process::id)) {
         return Err("is tetherd itself".into());
     }
     let Some(start) = start else {

@@ -55,7 +55,7 @@ use crate::config::{
     self, parse_duration, parse_kill, parse_signal, BindingSpec, Config, ConfigErrors, Defaults,
     Grace, KillMode, Pid, PidSource, PidfileBindingSpec, ProcSpec, Signal, Trust,
 };
-use crate::protocol::ReloadInfo;
+use crate::protocol::{LoadProgress, ReloadInfo};
 use crate::watch::{self, Backend, Delivery, Identity, OpenError, ProcEntry};
 use bindings::{Binding, Bindings, Member, MemberRef, Scope, MAX_CHILDREN, RESERVED_TOKENS};
 // What one room offers the others (see each module's documentation).
@@ -63,6 +63,7 @@ use acting::Outcome;
 use arming::{special_process, Proven};
 use control::{Conn, ControlSocket};
 use persist::Dirty;
+use reload::{Load, LoadKind, QueuedReload, Reading, READING_TICK};
 use state::{EntryKey, Pin, SavedBinding, SavedProc};
 
 /// The token of the daemon's own signals.
@@ -312,6 +313,12 @@ pub struct Daemon<B: Backend> {
     rules: rules::Rules,
     /// The event stream and the metrics it feeds.
     feed: events::Feed,
+    /// The configuration being applied, a slice per iteration (`reload`).
+    load: Option<Box<Load>>,
+    /// A reload asked for while `load` runs, applied after it.
+    queued: Option<Box<QueuedReload>>,
+    /// The configuration file being read for a reload.
+    reading: Option<Box<Reading>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Daemon<B> {
@@ -397,35 +404,28 @@ impl<B: Backend> Daemon<B> {
             watch_settings: (config.daemon.backend, config.daemon.poll_interval),
             rules: rules::Rules::default(),
             feed: events::Feed::new(),
+            load: None,
+            queued: None,
+            reading: None,
         };
         daemon.restore(loaded.bindings);
-        daemon.apply(config);
-        daemon.cgroup_sweep();
+        // The stray cgroups are swept once this load is applied (`reload`).
+        daemon.begin_load(config, LoadKind::Start, Vec::new());
         Ok(daemon)
     }
 
-    /// Runs until SIGTERM or SIGINT. Children are left alone on the way out.
+    /// Runs until SIGTERM or SIGINT. Children are left alone on the way
+    /// out. The socket is served from the start; the configuration is
+    /// applied in slices meanwhile, and readiness announced once it is.
     pub fn run(&mut self) -> io::Result<()> {
-        // Two processes a binding of one child: its parent and the child.
-        let per_binding = 2;
-        let room = if self.watcher.holds_descriptors() {
-            self.fd_limit.saturating_sub(RESERVED_FDS)
-        } else {
-            budget::capacity(self.fd_limit, false)
-        };
-        info!(
-            "tetherd {} ready: {} bindings ({} watched), backend {}, descriptor limit {} (about {} bindings of one child), state {}, socket {}",
-            env!("CARGO_PKG_VERSION"),
-            self.bindings.len(),
-            self.n_armed(),
-            self.watcher.name(),
-            self.fd_limit,
-            room / per_binding,
-            self.state.path().display(),
-            self.control.path().display(),
-        );
-        let status = self.status_line();
-        self.options.notifier.ready(&status);
+        if let Some(load) = self.load_progress() {
+            info!(
+                "tetherd {} serving {}; applying {} configured entries before it is ready",
+                env!("CARGO_PKG_VERSION"),
+                self.control.path().display(),
+                load.total
+            );
+        }
         let mut tokens: Vec<Token> = Vec::new();
         loop {
             let timeout = self.next_timeout();
@@ -451,6 +451,11 @@ impl<B: Backend> Daemon<B> {
                     Event::Backend => {}
                     Event::Signal => {
                         if let Some(stop) = self.handle_signals() {
+                            // A load still running stops where it is;
+                            // its waiting clients see the socket close.
+                            self.load = None;
+                            self.queued = None;
+                            self.reading = None;
                             self.commit();
                             if let Err(err) = self.save_state_if(Dirty::Lazy) {
                                 error!("{err}");
@@ -472,6 +477,8 @@ impl<B: Backend> Daemon<B> {
                     Event::Rules => self.rules_event(),
                 }
             }
+            self.reading_done();
+            self.load_slice();
             self.run_due_retries();
             self.run_due_timers();
             self.expire_idle_conns();
@@ -479,6 +486,31 @@ impl<B: Backend> Daemon<B> {
             self.pump_events();
             self.write_metrics_if_due();
         }
+    }
+
+    /// The initial configuration is applied: tell the log and whoever
+    /// waits for readiness.
+    fn announce_ready(&mut self) {
+        // Two processes a binding of one child: its parent and the child.
+        let per_binding = 2;
+        let room = if self.watcher.holds_descriptors() {
+            self.fd_limit.saturating_sub(RESERVED_FDS)
+        } else {
+            budget::capacity(self.fd_limit, false)
+        };
+        info!(
+            "tetherd {} ready: {} bindings ({} watched), backend {}, descriptor limit {} (about {} bindings of one child), state {}, socket {}",
+            env!("CARGO_PKG_VERSION"),
+            self.bindings.len(),
+            self.n_armed(),
+            self.watcher.name(),
+            self.fd_limit,
+            room / per_binding,
+            self.state.path().display(),
+            self.control.path().display(),
+        );
+        let status = self.status_line();
+        self.options.notifier.ready(&status);
     }
 
     /// The short status a service manager shows.
@@ -499,10 +531,14 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// The poll timeout: until the earliest deadline (escalation, or a
-    /// connection's idle timeout), zero while input is left unread, or
-    /// forever when nothing is pending.
+    /// connection's idle timeout), zero while input is left unread or a
+    /// load runs, or forever when nothing is pending.
     fn next_timeout(&mut self) -> Option<Duration> {
-        if !self.backlog.is_empty() || self.watcher.has_pending() || self.rules.has_more() {
+        if !self.backlog.is_empty()
+            || self.watcher.has_pending()
+            || self.rules.has_more()
+            || self.load.is_some()
+        {
             return Some(Duration::ZERO);
         }
         // Deadlines of bindings that finished or went away before their
@@ -538,10 +574,9 @@ impl<B: Backend> Daemon<B> {
             .filter(|c| !c.streaming)
             .map(|c| c.last_active + IDLE_TIMEOUT)
             .min();
-        let deadline = match (escalation, idle) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
+        // A file being read for a reload is looked for now and then.
+        let reading = self.reading.as_ref().map(|_| Instant::now() + READING_TICK);
+        let deadline = [escalation, idle, reading].into_iter().flatten().min()?;
         Some(deadline.saturating_duration_since(Instant::now()))
     }
 
@@ -558,7 +593,7 @@ impl<B: Backend> Daemon<B> {
         }
         if reload {
             info!("SIGHUP received");
-            let _ = self.reload();
+            self.reload();
         }
         None
     }

@@ -71,7 +71,10 @@ impl<B: Backend> Daemon<B> {
     }
 
     pub(super) fn save_state_if(&mut self, at_least: Dirty) -> Result<(), String> {
-        if self.pins.is_dirty() {
+        // While a load runs, its pins are written once, when it is done
+        // (as before loads came in slices), not at every slice: a pin not
+        // yet written is taken again at first sight after a crash.
+        if self.pins.is_dirty() && self.load.is_none() {
             self.state.save_pins(&mut self.pins).map_err(|err| {
                 format!(
                     "cannot write the pins file {}: {err}",

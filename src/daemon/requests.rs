@@ -15,7 +15,9 @@ use log::{info, warn};
 use super::bindings::{Member, MAX_CHILDREN};
 use super::serve::Ack;
 use super::{Daemon, Origin, Phase, Proven};
-use crate::config::{parse_duration, parse_kill, parse_signal, BindingSpec, Pid, ProcSpec};
+use crate::config::{
+    parse_duration, parse_kill, parse_signal, BindingSpec, ConfigErrors, Pid, ProcSpec,
+};
 use crate::protocol::{
     BindRequest, BindingInfo, Op, ProcRef, Request, Response, RuleInfo, StatusInfo,
 };
@@ -101,32 +103,10 @@ impl<B: Backend> Daemon<B> {
                     peer.uid,
                     peer_pid(peer)
                 );
-                match self.reload() {
-                    Ok(info) => (
-                        Response {
-                            reload: Some(info),
-                            ..Response::ok()
-                        },
-                        Ack::Nothing,
-                    ),
-                    Err(errors) => {
-                        let refusal = Refusal::new(
-                            RefusalCode::InvalidConfig,
-                            format!(
-                                "reload refused: {} error(s) in the configuration; the running one stays in force",
-                                errors.0.len()
-                            ),
-                        );
-                        self.refused(peer, "reload", refusal.code, &refusal.message);
-                        (
-                            Response {
-                                errors: errors.0.iter().map(ToString::to_string).collect(),
-                                ..refusal.response()
-                            },
-                            Ack::Nothing,
-                        )
-                    }
-                }
+                // Answered when the file is read and its load applied,
+                // or found broken (see `reload` and `serve`).
+                self.reload();
+                (Response::ok(), Ack::Reload)
             }
             Op::Events { follow } => {
                 self.feed.request(*peer, Self::is_admin(peer), follow);
@@ -494,6 +474,7 @@ impl<B: Backend> Daemon<B> {
                 .map(|(name, matches)| RuleInfo { name, matches })
                 .collect(),
             cgroup: self.cgroups.describe(),
+            loading: self.load_progress(),
         }
     }
 }
@@ -505,6 +486,23 @@ pub(super) fn peer_pid(peer: &PeerCred) -> String {
 /// A binding name: the configuration's one rule.
 fn check_name(name: &str) -> Result<(), String> {
     crate::config::check_name(name).map_err(|why| format!("name: {why}"))
+}
+
+/// The answer to a reload whose file is broken, and its refusal's code
+/// and sentence (for the log and the event stream).
+pub(super) fn invalid_config(errors: &ConfigErrors) -> (Response, RefusalCode, String) {
+    let refusal = Refusal::new(
+        RefusalCode::InvalidConfig,
+        format!(
+            "reload refused: {} error(s) in the configuration; the running one stays in force",
+            errors.0.len()
+        ),
+    );
+    let response = Response {
+        errors: errors.0.iter().map(ToString::to_string).collect(),
+        ..refusal.response()
+    };
+    (response, refusal.code, refusal.message)
 }
 
 /// A response as one line of JSON.

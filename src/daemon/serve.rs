@@ -53,6 +53,9 @@ pub(super) enum Ack {
     Bind(u64),
     /// A removed binding, by number: reported if it cannot be written.
     Unbind(u64),
+    /// A reload begun or queued: no answer now; the connection waits for
+    /// the load's (and is read no further until then).
+    Reload,
 }
 
 impl<B: Backend> Daemon<B> {
@@ -156,6 +159,7 @@ impl<B: Backend> Daemon<B> {
             debug!("connection {idx} closed");
         }
         self.replies.retain(|r| r.conn != idx);
+        self.forget_waiter(idx);
         self.waiting.retain(|&w| w != idx);
         self.throttled.retain(|&w| w != idx);
     }
@@ -170,6 +174,7 @@ impl<B: Backend> Daemon<B> {
             .filter_map(|(idx, c)| {
                 c.as_ref()
                     .filter(|c| !c.streaming && now >= c.last_active + IDLE_TIMEOUT)
+                    .filter(|_| !self.awaits_load(idx))
                     .map(|_| idx)
             })
             .collect();
@@ -217,6 +222,10 @@ impl<B: Backend> Daemon<B> {
         let mut n_handled = 0;
         let mut total = self.output_total();
         loop {
+            if self.awaits_load(idx) {
+                // Taken up again once the load's answer is queued.
+                break;
+            }
             let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
                 return;
             };
@@ -241,6 +250,13 @@ impl<B: Backend> Daemon<B> {
             }
             if let Some(incoming) = conn.next_line() {
                 let (response, durable) = self.handle_incoming(&peer, incoming);
+                if durable == Ack::Reload {
+                    if let Some(waiters) = self.load_waiters() {
+                        waiters.push(idx);
+                    }
+                    // Its next request waits for this answer.
+                    break;
+                }
                 let line = encode(&response);
                 total += line.len();
                 if let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) {
@@ -307,6 +323,7 @@ impl<B: Backend> Daemon<B> {
     /// Writes a connection's queued output; closes it when it is finished
     /// or broken. Returns whether it is still open.
     pub(super) fn flush_conn(&mut self, idx: usize) -> bool {
+        let awaits_load = self.awaits_load(idx);
         let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return false;
         };
@@ -316,12 +333,28 @@ impl<B: Backend> Daemon<B> {
             && !conn.has_output()
             && !conn.has_line()
             && conn.awaiting == 0
-            && !conn.streaming;
+            && !conn.streaming
+            && !awaits_load;
         if !ok || done {
             self.close_conn(idx);
             return false;
         }
         true
+    }
+
+    /// Queues an answer made outside the connection's turn (a reload's,
+    /// once its load is applied) for this iteration's commit.
+    pub(super) fn answer_later(&mut self, idx: usize, response: &Response) {
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        let line = encode(response);
+        conn.awaiting += line.len();
+        self.replies.push(Reply {
+            conn: idx,
+            line,
+            durable: Ack::Nothing,
+        });
     }
 
     /// Ends an iteration: writes the state file, then sends the answers.

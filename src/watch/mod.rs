@@ -208,7 +208,7 @@ pub fn start_time(pid: i32) -> io::Result<Option<u64>> {
 pub fn is_kernel_thread(pid: i32, start: u64) -> io::Result<Option<bool>> {
     #[cfg(linux_like)]
     {
-        Ok(procfs::kernel_thread(pid)?.and_then(|(kthread, at)| (at == start).then_some(kthread)))
+        procfs::kernel_thread(pid, start)
     }
     #[cfg(not(linux_like))]
     {

@@ -7,7 +7,7 @@
 //! read again and compared).
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -24,6 +24,8 @@ pub struct Stat {
     pub ppid: i32,
     /// Field 5.
     pub pgid: i32,
+    /// Field 9: the kernel's `PF_*` flags.
+    pub flags: u64,
     /// Field 22: start time in clock ticks since boot.
     pub start: u64,
 }
@@ -52,16 +54,25 @@ impl Stat {
 /// cut by the kernel at 15 bytes, possibly in the middle of a UTF-8
 /// letter, so the line need not be valid UTF-8.
 pub fn stat(pid: i32) -> io::Result<Option<Stat>> {
-    match read_proc(&format!("/proc/{pid}/stat")) {
-        Ok(bytes) => parse_stat(&bytes).map(Some).ok_or_else(|| {
+    let stat = match read_proc(&format!("/proc/{pid}/stat")) {
+        Ok(bytes) => parse_stat(&bytes).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("/proc/{pid}/stat: cannot parse it"),
             )
-        }),
-        Err(err) if is_gone(&err) => Ok(None),
-        Err(err) => Err(err),
-    }
+        })?,
+        Err(err) if is_gone(&err) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    LAST_STAT.with(|last| last.set(Some((pid, stat))));
+    Ok(Some(stat))
+}
+
+thread_local! {
+    /// The last `/proc/PID/stat` read on this thread, so that a backend's
+    /// `open` followed by the kernel-thread check of the same process
+    /// reads the file once, not twice (see [`kernel_thread`]).
+    static LAST_STAT: std::cell::Cell<Option<(i32, Stat)>> = const { std::cell::Cell::new(None) };
 }
 
 /// Whether a read error of `/proc/PID/...` means there is no such process:
@@ -71,9 +82,17 @@ fn is_gone(err: &io::Error) -> bool {
 }
 
 /// Reads a file under `/proc` whole, as bytes (the kernel's error kept
-/// as it is, so that ESRCH and EMFILE can be told apart).
+/// as it is, so that ESRCH and EMFILE can be told apart). `/proc` files
+/// say their size is 0: `fs::read` and `File::read_to_end` would ask for
+/// it (statx, lseek) and then read in small probes. Through `take`, which
+/// asks nothing, a buffer as large as a `stat` line reads most of them in
+/// one call (and one more that says the end).
 fn read_proc(path: &str) -> io::Result<Vec<u8>> {
-    fs::read(path)
+    let mut bytes = Vec::with_capacity(1024);
+    fs::File::open(path)?
+        .take(u64::MAX)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Parses a `/proc/PID/stat` line. The command name (field 2) is in
@@ -90,6 +109,7 @@ pub fn parse_stat(bytes: &[u8]) -> Option<Stat> {
         state: *fields.first()?.as_bytes().first()?,
         ppid: fields.get(1)?.parse().ok()?,
         pgid: fields.get(2)?.parse().ok()?,
+        flags: fields.get(6)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })
 }
@@ -223,40 +243,20 @@ pub fn pidfd_exited(fd: &OwnedFd) -> bool {
 /// `PF_KTHREAD` in the flags of `/proc/PID/stat` (include/linux/sched.h).
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// Whether `pid` is a kernel thread, with its start time (to tell it is
-/// the process the caller opened); `None` if there is no such process.
-/// Read as bytes and parsed after the last `)`, whatever its name holds.
-pub fn kernel_thread(pid: i32) -> io::Result<Option<(bool, u64)>> {
-    let bytes = match fs::read(format!("/proc/{pid}/stat")) {
-        Ok(bytes) => bytes,
-        Err(err)
-            if err.kind() == io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH) =>
-        {
-            return Ok(None)
-        }
-        Err(err) => return Err(err),
+/// Whether the process at `pid` that started at `start` is a kernel
+/// thread; `None` if no such process is there any more. The last read of
+/// `/proc/PID/stat` on this thread answers if it was of that pid and
+/// showed that start time (it is then the same process, and a process
+/// never becomes a kernel thread), so the check right after a backend
+/// opened the process costs no second read; otherwise the file is read.
+pub fn kernel_thread(pid: i32, start: u64) -> io::Result<Option<bool>> {
+    let stat = match LAST_STAT.with(std::cell::Cell::get) {
+        Some((last, stat)) if last == pid && stat.start == start => Some(stat),
+        _ => stat(pid)?,
     };
-    let bad = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("/proc/{pid}/stat: cannot parse it"),
-        )
-    };
-    let close = bytes.iter().rposition(|&b| b == b')').ok_or_else(bad)?;
-    let rest = bytes.get(close + 1..).ok_or_else(bad)?;
-    let mut fields = rest
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|f| !f.is_empty())
-        .map(|f| {
-            std::str::from_utf8(f)
-                .ok()
-                .and_then(|f| f.parse::<u64>().ok())
-        });
-    // After `)`: field 3 (state) is index 0, so field 9 (flags) is index 6
-    // and field 22 (start time) index 19.
-    let flags = fields.nth(6).flatten().ok_or_else(bad)?;
-    let start = fields.nth(12).flatten().ok_or_else(bad)?;
-    Ok(Some((flags & PF_KTHREAD != 0, start)))
+    Ok(stat
+        .filter(|stat| stat.start == start)
+        .map(|stat| stat.flags & PF_KTHREAD != 0))
 }
 
 #[cfg(test)]
@@ -318,11 +318,13 @@ mod tests {
     #[test]
     fn kthreadd_is_a_kernel_thread_and_we_are_not() {
         let me = i32::try_from(std::process::id()).unwrap();
-        let (kthread, start) = kernel_thread(me).unwrap().unwrap();
+        let start = stat(me).unwrap().unwrap().start;
+        let kthread = kernel_thread(me, start).unwrap().unwrap();
         assert!(!kthread);
         assert_eq!(Some(start), stat(me).unwrap().map(|s| s.start));
         // Pid 2 is kthreadd in the initial pid namespace only.
-        if let Ok(Some((kthread, _))) = kernel_thread(2) {
+        let kthreadd = stat(2).ok().flatten().map(|s| s.start);
+        if let Some(Ok(Some(kthread))) = kthreadd.map(|start| kernel_thread(2, start)) {
             let comm = fs::read_to_string("/proc/2/comm").unwrap_or_default();
             assert_eq!(kthread, comm.trim() == "kthreadd", "{comm}");
         }
