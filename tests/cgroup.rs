@@ -53,18 +53,34 @@ impl CgRoot {
         )
     }
 
-    /// The binding cgroups (`b<id>`) under the root now.
+    /// The binding cgroups (`b<id>`) under the root and its `u<uid>`
+    /// parents now.
     fn cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for dir in std::iter::once(self.path.clone()).chain(self.user_parents()) {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            out.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with('b'))
+                    .map(|e| e.path()),
+            );
+        }
+        out.sort();
+        out
+    }
+
+    /// The users' parents (`u<uid>`) under the root.
+    fn user_parents(&self) -> Vec<PathBuf> {
         let Ok(dir) = fs::read_dir(&self.path) else {
             return Vec::new();
         };
-        let mut out: Vec<PathBuf> = dir
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with('b'))
+        dir.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('u'))
             .map(|e| e.path())
-            .collect();
-        out.sort();
-        out
+            .collect()
     }
 
     /// The only binding cgroup, once there is one.
@@ -79,6 +95,9 @@ impl Drop for CgRoot {
         for dir in self.cgroups() {
             let _ = fs::write(dir.join("cgroup.kill"), "1");
             wait_until(Duration::from_secs(5), || !populated(&dir));
+            let _ = fs::remove_dir(&dir);
+        }
+        for dir in self.user_parents() {
             let _ = fs::remove_dir(&dir);
         }
         let _ = fs::remove_dir(&self.path);
@@ -322,9 +341,49 @@ fn cgroup_bindings_survive_a_restart() {
     assert!(rec.contains('a') && rec.contains('b'), "{rec:?}");
 }
 
-/// A plain user may not put root's process into a cgroup: refused, and
-/// no cgroup is left behind. The user's own captive is held, and killed
-/// through the freezer with each member checked against the user.
+/// By default a plain user may not make a cgroup binding at all (it
+/// would take their processes out of their slice and its limits): a
+/// typed refusal naming the setting, and nothing moved or made.
+#[test]
+fn a_users_cgroup_binding_is_refused_by_default() {
+    let Some((uid, gid)) = root_and_test_user("to bind as another user") else {
+        return;
+    };
+    let Some(root) = CgRoot::new("userdefault") else {
+        return;
+    };
+    let daemon = TestDaemon::start(&root.config());
+    let user_parent = users_sleeper(uid, gid);
+    let users_child = users_sleeper(uid, gid);
+    let before = fs::read_to_string(format!("/proc/{}/cgroup", users_child.pid())).unwrap();
+    let (code, _, err) = ctl_as(
+        uid,
+        gid,
+        &daemon,
+        &[
+            "bind",
+            "--parent",
+            &user_parent.pid().to_string(),
+            "--child",
+            &users_child.pid().to_string(),
+            "--kill",
+            "cgroup",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("user_cgroups = true"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(root.cgroups().is_empty(), "{:?}", root.cgroups());
+    let after = fs::read_to_string(format!("/proc/{}/cgroup", users_child.pid())).unwrap();
+    assert_eq!(before, after);
+    let (_, list, _) = ctl_as(uid, gid, &daemon, &["list"]);
+    assert!(!list.contains(&users_child.pid().to_string()), "{list}");
+}
+
+/// With `user_cgroups = true`, a plain user may not put root's process
+/// into a cgroup: refused, and no cgroup is left behind. The user's own
+/// captive is held in `u<uid>/b<id>`, and killed through the freezer
+/// with each member checked against the user.
 #[test]
 fn a_user_may_put_only_their_own_processes_into_a_cgroup() {
     let Some((uid, gid)) = root_and_test_user("to bind as another user") else {
@@ -333,7 +392,7 @@ fn a_user_may_put_only_their_own_processes_into_a_cgroup() {
     let Some(root) = CgRoot::new("user") else {
         return;
     };
-    let daemon = TestDaemon::start(&root.config());
+    let daemon = TestDaemon::start(&format!("{}user_cgroups = true\n", root.config()));
     let user_parent = users_sleeper(uid, gid);
     let roots_child = Proc::sleeper();
     let before = fs::read_to_string(format!("/proc/{}/cgroup", roots_child.pid())).unwrap();
@@ -388,7 +447,7 @@ fn a_user_may_put_only_their_own_processes_into_a_cgroup() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let dir = root.path.join(format!("b{}", out.trim()));
+    let dir = root.path.join(format!("u{uid}/b{}", out.trim()));
     // The parent, the child and the cgroup count against the user's budget.
     let (_, status, _) = ctl_as(uid, gid, &daemon, &["status"]);
     assert!(status.contains("processes:    3 held"), "{status}");

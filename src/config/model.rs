@@ -88,6 +88,10 @@ pub struct DaemonSettings {
     /// `cgroup_root`: the cgroup v2 directory under which `kill =
     /// "cgroup"` bindings get their cgroups. `None`: found at start.
     pub cgroup_root: Option<PathBuf>,
+    /// `user_cgroups`: whether a user other than root may make a `kill =
+    /// "cgroup"` binding (which moves the user's processes out of the
+    /// cgroup, and so the limits, they were in). Default false.
+    pub user_cgroups: bool,
 }
 
 impl Default for DaemonSettings {
@@ -100,6 +104,7 @@ impl Default for DaemonSettings {
             backend: BackendKind::Auto,
             poll_interval: Duration::from_secs(1),
             cgroup_root: None,
+            user_cgroups: false,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The whole captive of `kill = "cgroup"`: a cgroup v2 of the binding's
-//! own (`<root>/b<public id>`), which the bound children and their
+//! own (`<root>/b<public id>`, or `<root>/u<uid>/b<public id>` for a
+//! user's binding, allowed only with `[daemon] user_cgroups`), which the bound children and their
 //! descendants are moved into when the binding is made. When the parent
 //! exits, every process in it (each held by a handle and proven a member)
 //! gets the binding's signal; when the grace is over, the cgroup is killed
@@ -7,7 +8,7 @@
 //! `cgroup.events` says it is empty (an inotify event in the loop, no
 //! polling), it is removed and the binding ends.
 //!
-//! The path is the root and the public id, so a restarted tetherd finds a
+//! The path is the root, the owner and the public id, so a restarted tetherd finds a
 //! socket binding's cgroup again without the state file recording it; an
 //! empty `b<id>` that no binding holds is removed at start. The raw file
 //! access is `sys::cgroup`.
@@ -42,12 +43,15 @@ pub struct Cgroups {
     _lock: Option<cg::RootLock>,
     watcher: Option<cg::Watcher>,
     wds: HashMap<i32, BindingId>,
+    /// `[daemon] user_cgroups`: whether users other than root may make
+    /// cgroup bindings.
+    pub(super) users: bool,
 }
 
 impl Cgroups {
     /// Finds (and makes) the root, and registers the inotify descriptor
     /// under `token`. A failure only makes `kill = "cgroup"` unavailable.
-    pub fn start(root: Option<&Path>, registry: &Registry, token: Token) -> Cgroups {
+    pub fn start(root: Option<&Path>, users: bool, registry: &Registry, token: Token) -> Cgroups {
         let place = cg::locate(root, true).and_then(|place| {
             let lock = cg::lock_root(&place.root)?;
             let watcher = cg::Watcher::new()
@@ -70,6 +74,7 @@ impl Cgroups {
                     _lock: Some(lock),
                     watcher: Some(watcher),
                     wds: HashMap::new(),
+                    users,
                 }
             }
             Err(why) => {
@@ -79,9 +84,24 @@ impl Cgroups {
                     _lock: None,
                     watcher: None,
                     wds: HashMap::new(),
+                    users,
                 }
             }
         }
+    }
+
+    /// Whether a client of `uid` may make a cgroup binding: root and the
+    /// daemon's own user may; another user only with `[daemon]
+    /// user_cgroups`, as the move takes the user's processes out of the
+    /// cgroup (and so the limits) the administrator put them in.
+    pub(super) fn permits(&self, uid: u32) -> Result<(), String> {
+        let admin = nix::unistd::geteuid().as_raw();
+        if self.users || uid == 0 || uid == admin {
+            return Ok(());
+        }
+        Err(format!(
+            "kill = \"cgroup\" is refused for uid {uid}: it would move the user's processes out of their own cgroup and its limits ([daemon] user_cgroups = true allows it)"
+        ))
     }
 
     /// One line for `status`: where the cgroups live, or why there are
@@ -137,7 +157,16 @@ impl<B: Backend> Daemon<B> {
             (Err(why), _) => return Err(format!("kill = \"cgroup\" is not available: {why}")),
             (Ok(_), None) => return Err("kill = \"cgroup\" is not available".into()),
         };
-        let dir = place.root.join(format!("{}{}", cg::PREFIX, binding.id));
+        let base = match deputy_for {
+            Some(uid) => {
+                let base = place.root.join(format!("{}{uid}", cg::USER_PREFIX));
+                cg::make(&base)
+                    .map_err(|e| format!("cannot create cgroup {}: {e}", base.display()))?;
+                base
+            }
+            None => place.root.clone(),
+        };
+        let dir = base.join(format!("{}{}", cg::PREFIX, binding.id));
         let mount = place.mount.clone();
         // A restored socket binding finds its cgroup again. Any other
         // binding's id is new, so a cgroup of that name with processes
@@ -184,7 +213,7 @@ impl<B: Backend> Daemon<B> {
                 .as_deref()
                 .map(|p| mount.join(p.trim_start_matches('/')))
             {
-                if old.parent() == Some(place_root(&self.cgroups)) && old != dir {
+                if old.parent() == dir.parent() && old != dir {
                     predecessors.push(old);
                 }
             }
@@ -592,16 +621,21 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// At start, after the bindings are restored: removes the empty
-    /// `b<id>` cgroups under the root that no binding holds (left by a
+    /// `b<id>` cgroups under the root and its `u<uid>` parents that no
+    /// binding holds (the `u<uid>` parents stay, with any limits an
+    /// administrator set on them) (left by a
     /// crash, or by a configured binding before a restart), and names the
     /// ones that still have processes.
     pub(super) fn cgroup_sweep(&mut self) {
         let Ok(place) = &self.cgroups.place else {
             return;
         };
-        let Ok(found) = cg::children(&place.root) else {
+        let Ok(mut found) = cg::children(&place.root) else {
             return;
         };
+        for user in cg::user_parents(&place.root).unwrap_or_default() {
+            found.extend(cg::children(&user).unwrap_or_default());
+        }
         let held = self.held_cgroups();
         for (_, dir) in found.into_iter().filter(|(_, d)| !held.contains(d)) {
             match cg::populated(&dir) {
@@ -617,12 +651,4 @@ impl<B: Backend> Daemon<B> {
             }
         }
     }
-}
-
-/// The root of the cgroups (or an empty path when there is none).
-fn place_root(cgroups: &Cgroups) -> &Path {
-    cgroups
-        .place
-        .as_ref()
-        .map_or(Path::new(""), |p| p.root.as_path())
 }

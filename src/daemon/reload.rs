@@ -109,6 +109,7 @@ impl<B: Backend> Daemon<B> {
         }
         self.defaults = config.defaults;
         self.max_per_uid = config.daemon.max_bindings_per_uid;
+        self.cgroups.users = config.daemon.user_cgroups;
         self.budget
             .set_limits(self.fd_limit, config.daemon.max_bindings_per_uid);
         if let Some(socket) = &config.daemon.socket {

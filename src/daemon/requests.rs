@@ -155,6 +155,11 @@ impl<B: Backend> Daemon<B> {
             Some(k) => parse_kill(k).map_err(|e| Refusal::new(Invalid, format!("kill: {e}")))?,
             None => self.defaults.kill,
         };
+        if kill == crate::config::KillMode::Cgroup {
+            self.cgroups
+                .permits(peer.uid)
+                .map_err(|why| Refusal::new(RefusalCode::NotPermitted, why))?;
+        }
         let parent_pid = Pid::try_from(i64::from(req.parent.pid)).map_err(|e| {
             // Pid 1 (or 0) as the parent: the launcher is gone and its
             // child was adopted by init, or the caller named it by mistake.

@@ -30,6 +30,9 @@ pub struct Place {
 /// public id.
 pub const PREFIX: char = 'b';
 
+/// The prefix of the parent of a user's cgroups; the rest is the uid.
+pub const USER_PREFIX: char = 'u';
+
 /// The mount point and root of the first cgroup2 mount in a
 /// `/proc/self/mountinfo` text (the mount point unescaped).
 #[cfg(test)]
@@ -225,6 +228,24 @@ pub fn lock_root(root: &Path) -> Result<RootLock, String> {
             ),
             errno => format!("cannot lock {}: {errno}", root.display()),
         })
+}
+
+/// The `u<uid>` directories directly under `root`: the parents of users'
+/// cgroups.
+pub fn user_parents(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let is_user = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(USER_PREFIX))
+            .is_some_and(|n| n.parse::<u32>().is_ok());
+        if is_user && entry.file_type()?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
 }
 
 /// `mkdir`, an existing directory being fine.
