@@ -32,6 +32,39 @@ pub struct Hold {
     pub dir: PathBuf,
     /// The inotify watch on its `cgroup.events`.
     wd: i32,
+    /// Processes (pid, start time) found in the cgroup after their pid was
+    /// reused during a move, that could not be moved back out: never
+    /// signalled, and the cgroup is not killed whole while one is in it.
+    strangers: Vec<(Pid, u64)>,
+}
+
+/// What to do after a pid was written to a cgroup's `cgroup.procs` and
+/// the process held by its handle turned out to have exited (or the pid
+/// now names a process with another start time): the write may have
+/// moved a stranger that reused the pid.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterReuse<'a> {
+    /// The pid is not in the cgroup: the write hit nobody, or the
+    /// stranger already left.
+    Nothing,
+    /// The pid is in the cgroup: move it back to where the pid was read
+    /// to be just before the write.
+    MoveBack(&'a str),
+    /// The pid is in the cgroup and where it was before is unknown: it
+    /// stays, and is never signalled.
+    Shun,
+}
+
+/// The decision of [`AfterReuse`] from the cgroup the pid is in now, the
+/// cgroup it was moved into and the one it was read to be in before.
+fn after_reuse<'a>(now: Option<&str>, into: &str, before: Option<&'a str>) -> AfterReuse<'a> {
+    if now != Some(into) {
+        return AfterReuse::Nothing;
+    }
+    match before {
+        Some(before) if before != into => AfterReuse::MoveBack(before),
+        _ => AfterReuse::Shun,
+    }
 }
 
 /// Where the cgroups live (or why there are none) and the inotify
@@ -202,11 +235,13 @@ impl<B: Backend> Daemon<B> {
             scope.cgroup = Some(Hold {
                 dir: dir.clone(),
                 wd,
+                strangers: Vec::new(),
             });
         }
         // The bound children first: each was proven and authorized when
         // it was opened. Alive after the write means the write hit it.
         let mut predecessors = Vec::new();
+        let mut reused = Vec::new();
         for child in binding.children.iter().flatten() {
             let before = cg::cgroup_of(child.pid.get()).ok().flatten();
             if let Some(old) = before
@@ -231,7 +266,11 @@ impl<B: Backend> Daemon<B> {
             let still = matches!(self.watcher.entry(child.pid, &child.handle), Ok(Some(e)) if e.start == start);
             if !still {
                 debug!("{label}: child {} exited while it was moved", child.pid);
+                reused.push((child.pid, before));
             }
+        }
+        for (pid, before) in reused {
+            self.undo_reuse(id, &dir, pid, before.as_deref(), &label);
         }
         // A child found in the cgroup of a binding that no longer exists
         // (a configured binding before a restart): its captive comes along.
@@ -239,7 +278,7 @@ impl<B: Backend> Daemon<B> {
         predecessors.dedup();
         let held: HashSet<PathBuf> = self.held_cgroups();
         for old in predecessors.into_iter().filter(|p| !held.contains(p)) {
-            self.cgroup_adopt(&old, &dir, deputy_for, &label);
+            self.cgroup_adopt(id, &old, &dir, deputy_for, &label);
         }
         self.cgroup_gather(id, &dir, deputy_for, &label);
         Ok(())
@@ -290,7 +329,7 @@ impl<B: Backend> Daemon<B> {
                 outside.len()
             );
             for candidate in outside {
-                if !self.move_proven(dir, &candidate, deputy_for, label) {
+                if !self.move_proven(id, dir, &candidate, deputy_for, label) {
                     refused.insert(candidate.pid);
                 }
             }
@@ -302,7 +341,14 @@ impl<B: Backend> Daemon<B> {
 
     /// Moves every process of `old` (a cgroup of ours no binding holds)
     /// into `dir`, and removes `old` once empty.
-    fn cgroup_adopt(&mut self, old: &Path, dir: &Path, deputy_for: Option<u32>, label: &str) {
+    fn cgroup_adopt(
+        &mut self,
+        id: BindingId,
+        old: &Path,
+        dir: &Path,
+        deputy_for: Option<u32>,
+        label: &str,
+    ) {
         let Ok(pids) = cg::pids(old) else {
             return;
         };
@@ -313,7 +359,7 @@ impl<B: Backend> Daemon<B> {
                 .and_then(|p| self.watcher.open(p).ok().map(|(h, _)| (p, h)))
                 .and_then(|(p, h)| self.watcher.entry(p, &h).ok().flatten());
             if let Some(entry) = entry {
-                if self.move_proven(dir, &entry, deputy_for, label) {
+                if self.move_proven(id, dir, &entry, deputy_for, label) {
                     n += 1;
                 }
             }
@@ -333,6 +379,7 @@ impl<B: Backend> Daemon<B> {
     /// is inside now.
     fn move_proven(
         &mut self,
+        id: BindingId,
         dir: &Path,
         candidate: &ProcEntry,
         deputy_for: Option<u32>,
@@ -362,14 +409,76 @@ impl<B: Backend> Daemon<B> {
                 _ => return false,
             }
         }
+        let before = cg::cgroup_of(pid.get()).ok().flatten();
         if let Err(e) = cg::move_pid(dir, pid.get()) {
             warn!("{label}: cannot move descendant {pid} into the cgroup: {e}");
             return false;
         }
         if !same(self, &handle) {
             debug!("{label}: descendant {pid} exited while it was moved");
+            self.undo_reuse(id, dir, pid, before.as_deref(), label);
+            return false;
         }
         true
+    }
+
+    /// The process tetherd held exited while its pid was moved into
+    /// `dir`: if a process with that pid is in `dir` now, it is a
+    /// stranger that reused the pid between the check and the write. It
+    /// is moved back to `before` (where the pid was read to be just
+    /// before the write); if that fails it stays, marked never to be
+    /// signalled.
+    fn undo_reuse(
+        &mut self,
+        id: BindingId,
+        dir: &Path,
+        pid: Pid,
+        before: Option<&str>,
+        label: &str,
+    ) {
+        let Ok(place) = &self.cgroups.place else {
+            return;
+        };
+        let mount = place.mount.clone();
+        let Some(into) = relative_to(dir, &mount) else {
+            return;
+        };
+        // Held across the look and the move, to name who was shunned.
+        let opened = self.watcher.open(pid).ok();
+        let now = cg::cgroup_of(pid.get()).ok().flatten();
+        let why = match after_reuse(now.as_deref(), &into, before) {
+            AfterReuse::Nothing => return,
+            AfterReuse::MoveBack(to) => {
+                let back = mount.join(to.trim_start_matches('/'));
+                match cg::move_pid(&back, pid.get()) {
+                    Ok(()) => {
+                        error!(
+                            "{label}: pid {pid} was reused while it was moved into cgroup {}: process {pid} is not the one checked and was moved back to {}",
+                            dir.display(),
+                            back.display()
+                        );
+                        return;
+                    }
+                    Err(e) => format!("cannot move it back to {}: {e}", back.display()),
+                }
+            }
+            AfterReuse::Shun => "where it was before is unknown".to_string(),
+        };
+        error!(
+            "{label}: pid {pid} was reused while it was moved into cgroup {}: process {pid} is not the one checked and stays in it ({why}); it will not be signalled",
+            dir.display()
+        );
+        let Some((_, identity)) = opened else {
+            return;
+        };
+        if let Some(hold) = self
+            .bindings
+            .get_mut(id)
+            .and_then(|b| b.scope.as_mut())
+            .and_then(|s| s.cgroup.as_mut())
+        {
+            hold.strangers.push((pid, identity.start));
+        }
     }
 
     /// Every process in a binding's cgroup now, each held by a handle and
@@ -393,6 +502,7 @@ impl<B: Backend> Daemon<B> {
                 return Vec::new();
             }
         };
+        let strangers = self.cgroup_strangers(id);
         let mut out = Vec::with_capacity(pids.len());
         for pid in pids {
             let Ok(pid) = Pid::try_from(i64::from(pid)) else {
@@ -401,6 +511,9 @@ impl<B: Backend> Daemon<B> {
             let Ok((handle, identity)) = self.watcher.open(pid) else {
                 continue;
             };
+            if strangers.contains(&(pid, identity.start)) {
+                continue;
+            }
             let member = cg::cgroup_of(pid.get()).ok().flatten().as_deref() == Some(&relative);
             let alive = matches!(self.watcher.entry(pid, &handle), Ok(Some(e)) if e.start == identity.start);
             if member && alive {
@@ -417,6 +530,16 @@ impl<B: Backend> Daemon<B> {
             .and_then(|b| b.scope.as_ref())
             .and_then(|s| s.cgroup.as_ref())
             .map(|h| h.dir.clone())
+    }
+
+    /// The strangers a binding's cgroup holds (see [`Hold::strangers`]).
+    fn cgroup_strangers(&self, id: BindingId) -> Vec<(Pid, u64)> {
+        self.bindings
+            .get(id)
+            .and_then(|b| b.scope.as_ref())
+            .and_then(|s| s.cgroup.as_ref())
+            .map(|h| h.strangers.clone())
+            .unwrap_or_default()
     }
 
     /// The cgroups live bindings hold.
@@ -517,7 +640,8 @@ impl<B: Backend> Daemon<B> {
         let grace = binding.spec.grace;
         let deputy_for = binding.deputy_for(admin);
         let has_kill = self.cgroups.place.as_ref().is_ok_and(|p| p.has_kill);
-        if deputy_for.is_none() && has_kill {
+        let strangers = !self.cgroup_strangers(id).is_empty();
+        if deputy_for.is_none() && has_kill && !strangers {
             match cg::kill(&dir) {
                 Ok(()) => info!(
                     "{label}: grace {grace} over; cgroup {} killed",
@@ -650,5 +774,48 @@ impl<B: Backend> Daemon<B> {
                 Err(_) => {}
             }
         }
+    }
+}
+
+/// `dir` as `/proc/<pid>/cgroup` names it: relative to the mount, with a
+/// leading slash.
+fn relative_to(dir: &Path, mount: &Path) -> Option<String> {
+    dir.strip_prefix(mount)
+        .ok()
+        .map(|r| format!("/{}", r.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stranger_that_reused_the_pid_is_moved_back_or_shunned() {
+        let into = "/tether/b7";
+        // Not in the cgroup: the write hit nobody, or it already left.
+        assert_eq!(
+            after_reuse(Some("/user.slice"), into, Some("/user.slice")),
+            AfterReuse::Nothing
+        );
+        assert_eq!(
+            after_reuse(None, into, Some("/user.slice")),
+            AfterReuse::Nothing
+        );
+        // In it: back to where the pid was read to be before the write.
+        assert_eq!(
+            after_reuse(Some(into), into, Some("/user.slice/session-2.scope")),
+            AfterReuse::MoveBack("/user.slice/session-2.scope")
+        );
+        // In it, and where it was is unknown (or was the cgroup itself):
+        // it stays and is never signalled.
+        assert_eq!(after_reuse(Some(into), into, None), AfterReuse::Shun);
+        assert_eq!(after_reuse(Some(into), into, Some(into)), AfterReuse::Shun);
+        assert_eq!(
+            relative_to(
+                Path::new("/sys/fs/cgroup/tether/b7"),
+                Path::new("/sys/fs/cgroup")
+            ),
+            Some(into.to_string())
+        );
     }
 }
