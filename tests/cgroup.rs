@@ -448,6 +448,18 @@ fn a_user_may_put_only_their_own_processes_into_a_cgroup() {
     );
     assert_eq!(code, 0, "{err}");
     let dir = root.path.join(format!("u{uid}/b{}", out.trim()));
+    // `list` shows where the captive is held.
+    let (_, list, _) = ctl_as(uid, gid, &daemon, &["list"]);
+    assert!(
+        list.lines().next().unwrap_or("").ends_with("CGROUP"),
+        "{list}"
+    );
+    assert!(list.contains(&dir.display().to_string()), "{list}");
+    let (_, json, _) = ctl_as(uid, gid, &daemon, &["list", "--json"]);
+    assert!(
+        json.contains(&format!("\"cgroup\": \"{}\"", dir.display())),
+        "{json}"
+    );
     // The parent, the child and the cgroup count against the user's budget.
     let (_, status, _) = ctl_as(uid, gid, &daemon, &["status"]);
     assert!(status.contains("processes:    3 held"), "{status}");

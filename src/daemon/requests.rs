@@ -427,6 +427,11 @@ impl<B: Backend> Daemon<B> {
                 grace: b.spec.grace.to_string(),
                 kill: b.spec.kill.to_string(),
                 phase: b.phase.as_str().into(),
+                cgroup: b
+                    .scope
+                    .as_ref()
+                    .and_then(|s| s.cgroup.as_ref())
+                    .map(|h| h.dir.display().to_string()),
             })
             .collect();
         out.sort_by_key(|b| b.id);
