@@ -292,6 +292,16 @@ impl<B: Backend> Daemon<B> {
         let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         let mut refused: HashSet<i32> = HashSet::new();
         for round in 0..GATHER_ROUNDS {
+            // Reading the whole process table costs milliseconds: not done
+            // when no process to look from has a child (a child forked
+            // since its parent was moved is born inside).
+            let mut roots: Vec<i32> = cg::pids(dir).unwrap_or_default();
+            if let Some(binding) = self.bindings.get(id) {
+                roots.extend(binding.children.iter().flatten().map(|c| c.pid.get()));
+            }
+            if roots.iter().all(|&pid| cg::childless(pid) == Some(true)) {
+                return;
+            }
             let table = match self.watcher.process_table() {
                 Ok(table) => table,
                 Err(err) => {
@@ -300,10 +310,7 @@ impl<B: Backend> Daemon<B> {
                 }
             };
             let inside: HashSet<i32> = cg::pids(dir).unwrap_or_default().into_iter().collect();
-            let mut roots: Vec<i32> = inside.iter().copied().collect();
-            if let Some(binding) = self.bindings.get(id) {
-                roots.extend(binding.children.iter().flatten().map(|c| c.pid.get()));
-            }
+            roots.extend(inside.iter().copied());
             let mut children_of: HashMap<i32, Vec<&ProcEntry>> = HashMap::new();
             for e in &table {
                 children_of.entry(e.ppid).or_default().push(e);
