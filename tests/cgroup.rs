@@ -143,7 +143,12 @@ d=$1
 ( setsid sh -c 'trap "echo escaper >> $0/rec" TERM; echo "escaper $$" >> $0/pids; while :; do sleep 0.1; done' "$d" & )
 sh -c 'trap "echo ignorer >> $0/rec" TERM; sleep 1000 & echo "ignorers-child $!" >> $0/pids; echo "ignorer $$" >> $0/pids; while :; do sleep 0.1; done' "$d" &
 sh -c 'trap "echo forker >> $0/rec" TERM; echo "forker $$" >> $0/pids; i=0; while [ $i -lt 1500 ]; do sleep 1 & i=$((i+1)); sleep 0.02; done' "$d" &
-if command -v nbdkit >/dev/null; then nbdkit -P "$d/nbdkit.pid" --unix "$d/nbd.sock" memory 1M; fi
+if command -v nbdkit >/dev/null; then
+  nbdkit -P "$d/nbdkit.pid" --unix "$d/nbd.sock" memory 1M
+  # nbdkit's foreground process returns before its daemon writes the pid.
+  i=0; while [ ! -s "$d/nbdkit.pid" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done
+  echo "nbdkit $(cat "$d/nbdkit.pid")" >> "$d/pids"
+fi
 if command -v socat >/dev/null; then ( socat UNIX-LISTEN:"$d/socat.sock",fork EXEC:cat & echo "socat $!" >> "$d/pids" ) ; fi
 echo done > "$d/started"
 exec sleep 1000
@@ -184,12 +189,8 @@ fn exec_captive_is_killed_whole(root: &CgRoot) {
         let pids = pids_of(&tmp.path().join("pids"));
         names.iter().all(|n| pids.iter().any(|(m, _)| m == n))
     }));
-    let mut pids = pids_of(&tmp.path().join("pids"));
-    let nbdkit = tmp.path().join("nbdkit.pid");
-    if nbdkit.exists() {
-        let pid: i32 = fs::read_to_string(&nbdkit).unwrap().trim().parse().unwrap();
-        pids.push(("nbdkit".into(), pid));
-    } else {
+    let pids = pids_of(&tmp.path().join("pids"));
+    if !pids.iter().any(|(name, _)| name == "nbdkit") {
         eprintln!("note: nbdkit is not installed; the captive runs without it");
     }
     let dir = root.the_cgroup();
