@@ -248,8 +248,16 @@ fn exec_cgroup_works_under_a_second_cgroup2_mount() {
     };
     let mount = std::env::temp_dir().join(format!("tether-cg2-{}", std::process::id()));
     fs::create_dir_all(&mount).unwrap();
+    // The mount options (nsdelegate, favordynmods, ...) belong to the
+    // hierarchy: a mount without the host's would turn them off for it.
+    let options = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(" - cgroup2 ").map(|(_, r)| r.to_string()))
+        .find_map(|r| r.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_else(|| "rw".into());
     let ok = Command::new("mount")
-        .args(["-t", "cgroup2", "none"])
+        .args(["-t", "cgroup2", "-o", &options, "none"])
         .arg(&mount)
         .status()
         .is_ok_and(|s| s.success());
