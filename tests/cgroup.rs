@@ -623,3 +623,57 @@ fn exec_runs_the_command_inside_its_cgroup_from_the_start() {
         daemon.log_text()
     );
 }
+
+/// A user's cgroup (`u<uid>/b<id>`, with `user_cgroups = true`) is found
+/// again after a restart, and a stray empty `b<id>` under the user's
+/// parent is removed at start while the parent stays.
+#[test]
+fn a_users_cgroup_survives_a_restart_and_strays_under_the_user_are_swept() {
+    let Some((uid, gid)) = root_and_test_user("to bind as another user") else {
+        return;
+    };
+    let Some(root) = CgRoot::new("userrestart") else {
+        return;
+    };
+    let mut daemon = TestDaemon::start(&format!("{}user_cgroups = true\n", root.config()));
+    let mut parent = users_sleeper(uid, gid);
+    let mut child = users_sleeper(uid, gid);
+    let (code, out, err) = ctl_as(
+        uid,
+        gid,
+        &daemon,
+        &[
+            "bind",
+            "--parent",
+            &parent.pid().to_string(),
+            "--child",
+            &child.pid().to_string(),
+            "--kill",
+            "cgroup",
+            "--grace",
+            "500ms",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let user_dir = root.path.join(format!("u{uid}"));
+    let dir = user_dir.join(format!("b{}", out.trim()));
+    assert!(procs(&dir).contains(&child.pid()), "{:?}", procs(&dir));
+    let stray = user_dir.join("b999999");
+    fs::create_dir(&stray).unwrap();
+
+    daemon.stop();
+    daemon.spawn(None);
+    assert!(
+        wait_until(TIMEOUT, || !stray.exists()),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(user_dir.exists() && populated(&dir));
+    parent.kill9();
+    child.expect_signal(Some(15), &daemon);
+    assert!(
+        wait_until(TIMEOUT, || !dir.exists()),
+        "{}",
+        daemon.log_text()
+    );
+}
