@@ -677,3 +677,52 @@ fn a_users_cgroup_survives_a_restart_and_strays_under_the_user_are_swept() {
         daemon.log_text()
     );
 }
+
+#[test]
+fn a_cgroup_bindings_signals_show_in_the_events_and_the_delay_histogram() {
+    let Some(root) = CgRoot::new("events") else {
+        return;
+    };
+    let daemon = TestDaemon::start(&root.config());
+    let (mut parent, mut child) = (Proc::sleeper(), Proc::sleeper());
+    let id = daemon.bind(
+        parent.pid(),
+        &[child.pid()],
+        &["--kill", "cgroup", "--name", "cg-events"],
+    );
+    let (_, held, _) = daemon.ctl(&["metrics"]);
+    let gauge = held
+        .lines()
+        .find(|l| l.starts_with("tether_bindings{") && l.contains("kill=\"cgroup\""));
+    assert!(gauge.is_some_and(|l| l.ends_with(" 1")), "{held}");
+    parent.kill9();
+    child.expect_signal(Some(libc::SIGTERM), &daemon);
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    let seen = wait_until(TIMEOUT, || {
+        let (code, out, _) = daemon.ctl(&["events", "--json"]);
+        assert_eq!(code, 0);
+        events = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["binding"]["id"] == id)
+            .collect();
+        events.iter().any(|e| e["kind"] == "unbound")
+    });
+    assert!(seen, "{events:?}\n{}", daemon.log_text());
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    let at = |kind: &str| kinds.iter().position(|k| *k == kind);
+    assert!(
+        at("bound") < at("parent_exited") && at("parent_exited") < at("signalled"),
+        "{kinds:?}"
+    );
+    let signalled = events.iter().find(|e| e["kind"] == "signalled").unwrap();
+    assert_eq!(signalled["pid"], child.pid(), "{signalled}");
+    assert_eq!(signalled["signal"], "SIGTERM", "{signalled}");
+    let (code, metrics, _) = daemon.ctl(&["metrics"]);
+    assert_eq!(code, 0);
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tether_exit_to_signal_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert_eq!(count, Some(1), "{metrics}");
+}
