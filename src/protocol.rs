@@ -270,6 +270,10 @@ pub struct BindingInfo {
     pub kill: String,
     /// "armed", "signalled", "killed" or "done".
     pub phase: String,
+    /// The cgroup directory of a `kill = "cgroup"` binding while it holds
+    /// one (absent otherwise, and from a tetherd that predates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// The daemon's status.

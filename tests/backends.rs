@@ -257,11 +257,10 @@ fn exec_without_pidfds_binds_by_start_time() {
     let list: serde_json::Value = serde_json::from_str(&daemon.ctl(&["list", "--json"]).1).unwrap();
     assert_eq!(list[0]["children"][0], pid, "{list}");
     // Pinned to the start time (tetherctl sent it; the daemon checked it).
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&daemon.state).unwrap()).unwrap();
-    let pinned = &state["bindings"][0]["children"][0];
-    assert_eq!(pinned["pid"], pid, "{state}");
-    assert_eq!(pinned["start"], crate::util::start_time(pid), "{state}");
+    let saved = crate::util::saved_bindings(&daemon.state);
+    let pinned = &saved[0]["children"][0];
+    assert_eq!(pinned["pid"], pid, "{saved:?}");
+    assert_eq!(pinned["start"], crate::util::start_time(pid), "{saved:?}");
     launcher.kill().unwrap();
     let _ = launcher.wait();
     assert_eq!(

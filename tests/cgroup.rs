@@ -53,18 +53,34 @@ impl CgRoot {
         )
     }
 
-    /// The binding cgroups (`b<id>`) under the root now.
+    /// The binding cgroups (`b<id>`) under the root and its `u<uid>`
+    /// parents now.
     fn cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for dir in std::iter::once(self.path.clone()).chain(self.user_parents()) {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            out.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with('b'))
+                    .map(|e| e.path()),
+            );
+        }
+        out.sort();
+        out
+    }
+
+    /// The users' parents (`u<uid>`) under the root.
+    fn user_parents(&self) -> Vec<PathBuf> {
         let Ok(dir) = fs::read_dir(&self.path) else {
             return Vec::new();
         };
-        let mut out: Vec<PathBuf> = dir
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with('b'))
+        dir.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('u'))
             .map(|e| e.path())
-            .collect();
-        out.sort();
-        out
+            .collect()
     }
 
     /// The only binding cgroup, once there is one.
@@ -79,6 +95,9 @@ impl Drop for CgRoot {
         for dir in self.cgroups() {
             let _ = fs::write(dir.join("cgroup.kill"), "1");
             wait_until(Duration::from_secs(5), || !populated(&dir));
+            let _ = fs::remove_dir(&dir);
+        }
+        for dir in self.user_parents() {
             let _ = fs::remove_dir(&dir);
         }
         let _ = fs::remove_dir(&self.path);
@@ -124,7 +143,12 @@ d=$1
 ( setsid sh -c 'trap "echo escaper >> $0/rec" TERM; echo "escaper $$" >> $0/pids; while :; do sleep 0.1; done' "$d" & )
 sh -c 'trap "echo ignorer >> $0/rec" TERM; sleep 1000 & echo "ignorers-child $!" >> $0/pids; echo "ignorer $$" >> $0/pids; while :; do sleep 0.1; done' "$d" &
 sh -c 'trap "echo forker >> $0/rec" TERM; echo "forker $$" >> $0/pids; i=0; while [ $i -lt 1500 ]; do sleep 1 & i=$((i+1)); sleep 0.02; done' "$d" &
-if command -v nbdkit >/dev/null; then nbdkit -P "$d/nbdkit.pid" --unix "$d/nbd.sock" memory 1M; fi
+if command -v nbdkit >/dev/null; then
+  nbdkit -P "$d/nbdkit.pid" --unix "$d/nbd.sock" memory 1M
+  # nbdkit's foreground process returns before its daemon writes the pid.
+  i=0; while [ ! -s "$d/nbdkit.pid" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done
+  echo "nbdkit $(cat "$d/nbdkit.pid")" >> "$d/pids"
+fi
 if command -v socat >/dev/null; then ( socat UNIX-LISTEN:"$d/socat.sock",fork EXEC:cat & echo "socat $!" >> "$d/pids" ) ; fi
 echo done > "$d/started"
 exec sleep 1000
@@ -165,12 +189,8 @@ fn exec_captive_is_killed_whole(root: &CgRoot) {
         let pids = pids_of(&tmp.path().join("pids"));
         names.iter().all(|n| pids.iter().any(|(m, _)| m == n))
     }));
-    let mut pids = pids_of(&tmp.path().join("pids"));
-    let nbdkit = tmp.path().join("nbdkit.pid");
-    if nbdkit.exists() {
-        let pid: i32 = fs::read_to_string(&nbdkit).unwrap().trim().parse().unwrap();
-        pids.push(("nbdkit".into(), pid));
-    } else {
+    let pids = pids_of(&tmp.path().join("pids"));
+    if !pids.iter().any(|(name, _)| name == "nbdkit") {
         eprintln!("note: nbdkit is not installed; the captive runs without it");
     }
     let dir = root.the_cgroup();
@@ -228,8 +248,16 @@ fn exec_cgroup_works_under_a_second_cgroup2_mount() {
     };
     let mount = std::env::temp_dir().join(format!("tether-cg2-{}", std::process::id()));
     fs::create_dir_all(&mount).unwrap();
+    // The mount options (nsdelegate, favordynmods, ...) belong to the
+    // hierarchy: a mount without the host's would turn them off for it.
+    let options = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once(" - cgroup2 ").map(|(_, r)| r.to_string()))
+        .find_map(|r| r.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_else(|| "rw".into());
     let ok = Command::new("mount")
-        .args(["-t", "cgroup2", "none"])
+        .args(["-t", "cgroup2", "-o", &options, "none"])
         .arg(&mount)
         .status()
         .is_ok_and(|s| s.success());
@@ -322,9 +350,49 @@ fn cgroup_bindings_survive_a_restart() {
     assert!(rec.contains('a') && rec.contains('b'), "{rec:?}");
 }
 
-/// A plain user may not put root's process into a cgroup: refused, and
-/// no cgroup is left behind. The user's own captive is held, and killed
-/// through the freezer with each member checked against the user.
+/// By default a plain user may not make a cgroup binding at all (it
+/// would take their processes out of their slice and its limits): a
+/// typed refusal naming the setting, and nothing moved or made.
+#[test]
+fn a_users_cgroup_binding_is_refused_by_default() {
+    let Some((uid, gid)) = root_and_test_user("to bind as another user") else {
+        return;
+    };
+    let Some(root) = CgRoot::new("userdefault") else {
+        return;
+    };
+    let daemon = TestDaemon::start(&root.config());
+    let user_parent = users_sleeper(uid, gid);
+    let users_child = users_sleeper(uid, gid);
+    let before = fs::read_to_string(format!("/proc/{}/cgroup", users_child.pid())).unwrap();
+    let (code, _, err) = ctl_as(
+        uid,
+        gid,
+        &daemon,
+        &[
+            "bind",
+            "--parent",
+            &user_parent.pid().to_string(),
+            "--child",
+            &users_child.pid().to_string(),
+            "--kill",
+            "cgroup",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("user_cgroups = true"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(root.cgroups().is_empty(), "{:?}", root.cgroups());
+    let after = fs::read_to_string(format!("/proc/{}/cgroup", users_child.pid())).unwrap();
+    assert_eq!(before, after);
+    let (_, list, _) = ctl_as(uid, gid, &daemon, &["list"]);
+    assert!(!list.contains(&users_child.pid().to_string()), "{list}");
+}
+
+/// With `user_cgroups = true`, a plain user may not put root's process
+/// into a cgroup: refused, and no cgroup is left behind. The user's own
+/// captive is held in `u<uid>/b<id>`, and killed through the freezer
+/// with each member checked against the user.
 #[test]
 fn a_user_may_put_only_their_own_processes_into_a_cgroup() {
     let Some((uid, gid)) = root_and_test_user("to bind as another user") else {
@@ -333,7 +401,7 @@ fn a_user_may_put_only_their_own_processes_into_a_cgroup() {
     let Some(root) = CgRoot::new("user") else {
         return;
     };
-    let daemon = TestDaemon::start(&root.config());
+    let daemon = TestDaemon::start(&format!("{}user_cgroups = true\n", root.config()));
     let user_parent = users_sleeper(uid, gid);
     let roots_child = Proc::sleeper();
     let before = fs::read_to_string(format!("/proc/{}/cgroup", roots_child.pid())).unwrap();
@@ -388,7 +456,19 @@ fn a_user_may_put_only_their_own_processes_into_a_cgroup() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let dir = root.path.join(format!("b{}", out.trim()));
+    let dir = root.path.join(format!("u{uid}/b{}", out.trim()));
+    // `list` shows where the captive is held.
+    let (_, list, _) = ctl_as(uid, gid, &daemon, &["list"]);
+    assert!(
+        list.lines().next().unwrap_or("").ends_with("CGROUP"),
+        "{list}"
+    );
+    assert!(list.contains(&dir.display().to_string()), "{list}");
+    let (_, json, _) = ctl_as(uid, gid, &daemon, &["list", "--json"]);
+    assert!(
+        json.contains(&format!("\"cgroup\": \"{}\"", dir.display())),
+        "{json}"
+    );
     // The parent, the child and the cgroup count against the user's budget.
     let (_, status, _) = ctl_as(uid, gid, &daemon, &["status"]);
     assert!(status.contains("processes:    3 held"), "{status}");
@@ -542,4 +622,107 @@ fn exec_runs_the_command_inside_its_cgroup_from_the_start() {
         "{}",
         daemon.log_text()
     );
+}
+
+/// A user's cgroup (`u<uid>/b<id>`, with `user_cgroups = true`) is found
+/// again after a restart, and a stray empty `b<id>` under the user's
+/// parent is removed at start while the parent stays.
+#[test]
+fn a_users_cgroup_survives_a_restart_and_strays_under_the_user_are_swept() {
+    let Some((uid, gid)) = root_and_test_user("to bind as another user") else {
+        return;
+    };
+    let Some(root) = CgRoot::new("userrestart") else {
+        return;
+    };
+    let mut daemon = TestDaemon::start(&format!("{}user_cgroups = true\n", root.config()));
+    let mut parent = users_sleeper(uid, gid);
+    let mut child = users_sleeper(uid, gid);
+    let (code, out, err) = ctl_as(
+        uid,
+        gid,
+        &daemon,
+        &[
+            "bind",
+            "--parent",
+            &parent.pid().to_string(),
+            "--child",
+            &child.pid().to_string(),
+            "--kill",
+            "cgroup",
+            "--grace",
+            "500ms",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let user_dir = root.path.join(format!("u{uid}"));
+    let dir = user_dir.join(format!("b{}", out.trim()));
+    assert!(procs(&dir).contains(&child.pid()), "{:?}", procs(&dir));
+    let stray = user_dir.join("b999999");
+    fs::create_dir(&stray).unwrap();
+
+    daemon.stop();
+    daemon.spawn(None);
+    assert!(
+        wait_until(TIMEOUT, || !stray.exists()),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(user_dir.exists() && populated(&dir));
+    parent.kill9();
+    child.expect_signal(Some(15), &daemon);
+    assert!(
+        wait_until(TIMEOUT, || !dir.exists()),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn a_cgroup_bindings_signals_show_in_the_events_and_the_delay_histogram() {
+    let Some(root) = CgRoot::new("events") else {
+        return;
+    };
+    let daemon = TestDaemon::start(&root.config());
+    let (mut parent, mut child) = (Proc::sleeper(), Proc::sleeper());
+    let id = daemon.bind(
+        parent.pid(),
+        &[child.pid()],
+        &["--kill", "cgroup", "--name", "cg-events"],
+    );
+    let (_, held, _) = daemon.ctl(&["metrics"]);
+    let gauge = held
+        .lines()
+        .find(|l| l.starts_with("tether_bindings{") && l.contains("kill=\"cgroup\""));
+    assert!(gauge.is_some_and(|l| l.ends_with(" 1")), "{held}");
+    parent.kill9();
+    child.expect_signal(Some(libc::SIGTERM), &daemon);
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    let seen = wait_until(TIMEOUT, || {
+        let (code, out, _) = daemon.ctl(&["events", "--json"]);
+        assert_eq!(code, 0);
+        events = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["binding"]["id"] == id)
+            .collect();
+        events.iter().any(|e| e["kind"] == "unbound")
+    });
+    assert!(seen, "{events:?}\n{}", daemon.log_text());
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    let at = |kind: &str| kinds.iter().position(|k| *k == kind);
+    assert!(
+        at("bound") < at("parent_exited") && at("parent_exited") < at("signalled"),
+        "{kinds:?}"
+    );
+    let signalled = events.iter().find(|e| e["kind"] == "signalled").unwrap();
+    assert_eq!(signalled["pid"], child.pid(), "{signalled}");
+    assert_eq!(signalled["signal"], "SIGTERM", "{signalled}");
+    let (code, metrics, _) = daemon.ctl(&["metrics"]);
+    assert_eq!(code, 0);
+    let count = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tether_exit_to_signal_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert_eq!(count, Some(1), "{metrics}");
 }

@@ -607,15 +607,20 @@ fn list(socket: &Target, json: bool) -> Outcome {
     Ok(Exit::Ok)
 }
 
-/// The `list` table: one line per binding, columns padded to fit.
+/// The `list` table: one line per binding, columns padded to fit; a
+/// `CGROUP` column last when a binding holds a cgroup.
 fn table(bindings: &[BindingInfo]) -> String {
-    let header = [
+    let cgroups = bindings.iter().any(|b| b.cgroup.is_some());
+    let mut header = vec![
         "ID", "NAME", "ORIGIN", "UID", "PARENT", "CHILDREN", "SIGNAL", "GRACE", "KILL", "PHASE",
     ];
+    if cgroups {
+        header.push("CGROUP");
+    }
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| (*s).to_owned()).collect()];
     for b in bindings {
         let children: Vec<String> = b.children.iter().map(|c| c.to_string()).collect();
-        rows.push(vec![
+        let mut row = vec![
             b.id.to_string(),
             b.name
                 .as_deref()
@@ -635,7 +640,11 @@ fn table(bindings: &[BindingInfo]) -> String {
             b.grace.clone(),
             b.kill.clone(),
             b.phase.clone(),
-        ]);
+        ];
+        if cgroups {
+            row.push(b.cgroup.clone().unwrap_or_else(|| "-".into()));
+        }
+        rows.push(row);
     }
     let mut widths = vec![0; header.len()];
     for row in &rows {

@@ -114,6 +114,10 @@ pub struct DaemonSettings {
     /// `metrics_file`: where the metrics are written for node_exporter's
     /// textfile collector, if anywhere.
     pub metrics_file: Option<PathBuf>,
+    /// `user_cgroups`: whether a user other than root may make a `kill =
+    /// "cgroup"` binding (which moves the user's processes out of the
+    /// cgroup, and so the limits, they were in). Default false.
+    pub user_cgroups: bool,
 }
 
 impl Default for DaemonSettings {
@@ -128,6 +132,7 @@ impl Default for DaemonSettings {
             rule_source: RuleSource::Auto,
             cgroup_root: None,
             metrics_file: None,
+            user_cgroups: false,
         }
     }
 }

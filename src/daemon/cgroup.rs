@@ -1,5 +1,6 @@
 //! The whole captive of `kill = "cgroup"`: a cgroup v2 of the binding's
-//! own (`<root>/b<number>`), which the bound children and their
+//! own (`<root>/b<number>`, or `<root>/u<uid>/b<number>` for a
+//! user's binding, allowed only with `[daemon] user_cgroups`), which the bound children and their
 //! descendants are moved into when the binding is made. When the parent
 //! exits, every process in it (each held by a handle and proven a member)
 //! gets the binding's signal; when the grace is over, the cgroup is killed
@@ -7,7 +8,7 @@
 //! `cgroup.events` says it is empty (an inotify event in the loop, no
 //! polling), it is removed and the binding ends.
 //!
-//! The path is the root and the binding's number, so a restarted tetherd finds a
+//! The path is the root, the owner and the binding's number, so a restarted tetherd finds a
 //! socket binding's cgroup again without the state file recording it; an
 //! empty `b<number>` that no binding holds is removed at start. The raw file
 //! access is `sys::cgroup`.
@@ -32,6 +33,39 @@ pub struct Hold {
     pub dir: PathBuf,
     /// The inotify watch on its `cgroup.events`.
     wd: i32,
+    /// Processes (pid, start time) found in the cgroup after their pid was
+    /// reused during a move, that could not be moved back out: never
+    /// signalled, and the cgroup is not killed whole while one is in it.
+    strangers: Vec<(Pid, u64)>,
+}
+
+/// What to do after a pid was written to a cgroup's `cgroup.procs` and
+/// the process held by its handle turned out to have exited (or the pid
+/// now names a process with another start time): the write may have
+/// moved a stranger that reused the pid.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterReuse<'a> {
+    /// The pid is not in the cgroup: the write hit nobody, or the
+    /// stranger already left.
+    Nothing,
+    /// The pid is in the cgroup: move it back to where the pid was read
+    /// to be just before the write.
+    MoveBack(&'a str),
+    /// The pid is in the cgroup and where it was before is unknown: it
+    /// stays, and is never signalled.
+    Shun,
+}
+
+/// The decision of [`AfterReuse`] from the cgroup the pid is in now, the
+/// cgroup it was moved into and the one it was read to be in before.
+fn after_reuse<'a>(now: Option<&str>, into: &str, before: Option<&'a str>) -> AfterReuse<'a> {
+    if now != Some(into) {
+        return AfterReuse::Nothing;
+    }
+    match before {
+        Some(before) if before != into => AfterReuse::MoveBack(before),
+        _ => AfterReuse::Shun,
+    }
 }
 
 /// Where the cgroups live (or why there are none) and the inotify
@@ -43,12 +77,15 @@ pub struct Cgroups {
     _lock: Option<cg::RootLock>,
     watcher: Option<cg::Watcher>,
     wds: HashMap<i32, BindingId>,
+    /// `[daemon] user_cgroups`: whether users other than root may make
+    /// cgroup bindings.
+    pub(super) users: bool,
 }
 
 impl Cgroups {
     /// Finds (and makes) the root, and registers the inotify descriptor
     /// under `token`. A failure only makes `kill = "cgroup"` unavailable.
-    pub fn start(root: Option<&Path>, registry: &Registry, token: Token) -> Cgroups {
+    pub fn start(root: Option<&Path>, users: bool, registry: &Registry, token: Token) -> Cgroups {
         let place = cg::locate(root, true).and_then(|place| {
             let lock = cg::lock_root(&place.root)?;
             let watcher = cg::Watcher::new()
@@ -71,6 +108,7 @@ impl Cgroups {
                     _lock: Some(lock),
                     watcher: Some(watcher),
                     wds: HashMap::new(),
+                    users,
                 }
             }
             Err(why) => {
@@ -80,9 +118,24 @@ impl Cgroups {
                     _lock: None,
                     watcher: None,
                     wds: HashMap::new(),
+                    users,
                 }
             }
         }
+    }
+
+    /// Whether a client of `uid` may make a cgroup binding: root and the
+    /// daemon's own user may; another user only with `[daemon]
+    /// user_cgroups`, as the move takes the user's processes out of the
+    /// cgroup (and so the limits) the administrator put them in.
+    pub(super) fn permits(&self, uid: u32) -> Result<(), String> {
+        let admin = nix::unistd::geteuid().as_raw();
+        if self.users || uid == 0 || uid == admin {
+            return Ok(());
+        }
+        Err(format!(
+            "kill = \"cgroup\" is refused for uid {uid}: it would move the user's processes out of their own cgroup and its limits ([daemon] user_cgroups = true allows it)"
+        ))
     }
 
     /// One line for `status`: where the cgroups live, or why there are
@@ -138,7 +191,16 @@ impl<B: Backend> Daemon<B> {
             (Err(why), _) => return Err(format!("kill = \"cgroup\" is not available: {why}")),
             (Ok(_), None) => return Err("kill = \"cgroup\" is not available".into()),
         };
-        let dir = place.root.join(format!("{}{}", cg::PREFIX, binding.number));
+        let base = match deputy_for {
+            Some(uid) => {
+                let base = place.root.join(format!("{}{uid}", cg::USER_PREFIX));
+                cg::make(&base)
+                    .map_err(|e| format!("cannot create cgroup {}: {e}", base.display()))?;
+                base
+            }
+            None => place.root.clone(),
+        };
+        let dir = base.join(format!("{}{}", cg::PREFIX, binding.number));
         let mount = place.mount.clone();
         // A restored socket binding finds its cgroup again. Any other
         // binding's number is new, so a cgroup of that name with processes
@@ -174,18 +236,20 @@ impl<B: Backend> Daemon<B> {
             scope.cgroup = Some(Hold {
                 dir: dir.clone(),
                 wd,
+                strangers: Vec::new(),
             });
         }
         // The bound children first: each was proven and authorized when
         // it was opened. Alive after the write means the write hit it.
         let mut predecessors = Vec::new();
+        let mut reused = Vec::new();
         for child in binding.children.iter().flatten() {
             let before = cg::cgroup_of(child.pid.get()).ok().flatten();
             if let Some(old) = before
                 .as_deref()
                 .map(|p| mount.join(p.trim_start_matches('/')))
             {
-                if old.parent() == Some(place_root(&self.cgroups)) && old != dir {
+                if old.parent() == dir.parent() && old != dir {
                     predecessors.push(old);
                 }
             }
@@ -203,7 +267,11 @@ impl<B: Backend> Daemon<B> {
             let still = matches!(self.watcher.entry(child.pid, &child.handle), Ok(Some(e)) if e.start == start);
             if !still {
                 debug!("{label}: child {} exited while it was moved", child.pid);
+                reused.push((child.pid, before));
             }
+        }
+        for (pid, before) in reused {
+            self.undo_reuse(id, &dir, pid, before.as_deref(), &label);
         }
         // A child found in the cgroup of a binding that no longer exists
         // (a configured binding before a restart): its captive comes along.
@@ -211,7 +279,7 @@ impl<B: Backend> Daemon<B> {
         predecessors.dedup();
         let held: HashSet<PathBuf> = self.held_cgroups();
         for old in predecessors.into_iter().filter(|p| !held.contains(p)) {
-            self.cgroup_adopt(&old, &dir, deputy_for, &label);
+            self.cgroup_adopt(id, &old, &dir, deputy_for, &label);
         }
         self.cgroup_gather(id, &dir, deputy_for, &label);
         Ok(())
@@ -225,6 +293,16 @@ impl<B: Backend> Daemon<B> {
         let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
         let mut refused: HashSet<i32> = HashSet::new();
         for round in 0..GATHER_ROUNDS {
+            // Reading the whole process table costs milliseconds: not done
+            // when no process to look from has a child (a child forked
+            // since its parent was moved is born inside).
+            let mut roots: Vec<i32> = cg::pids(dir).unwrap_or_default();
+            if let Some(binding) = self.bindings.get(id) {
+                roots.extend(binding.children.iter().flatten().map(|c| c.pid.get()));
+            }
+            if roots.iter().all(|&pid| cg::childless(pid) == Some(true)) {
+                return;
+            }
             let table = match self.watcher.process_table() {
                 Ok(table) => table,
                 Err(err) => {
@@ -233,10 +311,7 @@ impl<B: Backend> Daemon<B> {
                 }
             };
             let inside: HashSet<i32> = cg::pids(dir).unwrap_or_default().into_iter().collect();
-            let mut roots: Vec<i32> = inside.iter().copied().collect();
-            if let Some(binding) = self.bindings.get(id) {
-                roots.extend(binding.children.iter().flatten().map(|c| c.pid.get()));
-            }
+            roots.extend(inside.iter().copied());
             let mut children_of: HashMap<i32, Vec<&ProcEntry>> = HashMap::new();
             for e in &table {
                 children_of.entry(e.ppid).or_default().push(e);
@@ -262,7 +337,7 @@ impl<B: Backend> Daemon<B> {
                 outside.len()
             );
             for candidate in outside {
-                if !self.move_proven(dir, &candidate, deputy_for, label) {
+                if !self.move_proven(id, dir, &candidate, deputy_for, label) {
                     refused.insert(candidate.pid);
                 }
             }
@@ -274,7 +349,14 @@ impl<B: Backend> Daemon<B> {
 
     /// Moves every process of `old` (a cgroup of ours no binding holds)
     /// into `dir`, and removes `old` once empty.
-    fn cgroup_adopt(&mut self, old: &Path, dir: &Path, deputy_for: Option<u32>, label: &str) {
+    fn cgroup_adopt(
+        &mut self,
+        id: BindingId,
+        old: &Path,
+        dir: &Path,
+        deputy_for: Option<u32>,
+        label: &str,
+    ) {
         let Ok(pids) = cg::pids(old) else {
             return;
         };
@@ -285,7 +367,7 @@ impl<B: Backend> Daemon<B> {
                 .and_then(|p| self.watcher.open(p).ok().map(|(h, _)| (p, h)))
                 .and_then(|(p, h)| self.watcher.entry(p, &h).ok().flatten());
             if let Some(entry) = entry {
-                if self.move_proven(dir, &entry, deputy_for, label) {
+                if self.move_proven(id, dir, &entry, deputy_for, label) {
                     n += 1;
                 }
             }
@@ -305,6 +387,7 @@ impl<B: Backend> Daemon<B> {
     /// is inside now.
     fn move_proven(
         &mut self,
+        id: BindingId,
         dir: &Path,
         candidate: &ProcEntry,
         deputy_for: Option<u32>,
@@ -334,14 +417,76 @@ impl<B: Backend> Daemon<B> {
                 _ => return false,
             }
         }
+        let before = cg::cgroup_of(pid.get()).ok().flatten();
         if let Err(e) = cg::move_pid(dir, pid.get()) {
             warn!("{label}: cannot move descendant {pid} into the cgroup: {e}");
             return false;
         }
         if !same(self, &handle) {
             debug!("{label}: descendant {pid} exited while it was moved");
+            self.undo_reuse(id, dir, pid, before.as_deref(), label);
+            return false;
         }
         true
+    }
+
+    /// The process tetherd held exited while its pid was moved into
+    /// `dir`: if a process with that pid is in `dir` now, it is a
+    /// stranger that reused the pid between the check and the write. It
+    /// is moved back to `before` (where the pid was read to be just
+    /// before the write); if that fails it stays, marked never to be
+    /// signalled.
+    fn undo_reuse(
+        &mut self,
+        id: BindingId,
+        dir: &Path,
+        pid: Pid,
+        before: Option<&str>,
+        label: &str,
+    ) {
+        let Ok(place) = &self.cgroups.place else {
+            return;
+        };
+        let mount = place.mount.clone();
+        let Some(into) = relative_to(dir, &mount) else {
+            return;
+        };
+        // Held across the look and the move, to name who was shunned.
+        let opened = self.watcher.open(pid).ok();
+        let now = cg::cgroup_of(pid.get()).ok().flatten();
+        let why = match after_reuse(now.as_deref(), &into, before) {
+            AfterReuse::Nothing => return,
+            AfterReuse::MoveBack(to) => {
+                let back = mount.join(to.trim_start_matches('/'));
+                match cg::move_pid(&back, pid.get()) {
+                    Ok(()) => {
+                        error!(
+                            "{label}: pid {pid} was reused while it was moved into cgroup {}: process {pid} is not the one checked and was moved back to {}",
+                            dir.display(),
+                            back.display()
+                        );
+                        return;
+                    }
+                    Err(e) => format!("cannot move it back to {}: {e}", back.display()),
+                }
+            }
+            AfterReuse::Shun => "where it was before is unknown".to_string(),
+        };
+        error!(
+            "{label}: pid {pid} was reused while it was moved into cgroup {}: process {pid} is not the one checked and stays in it ({why}); it will not be signalled",
+            dir.display()
+        );
+        let Some((_, identity)) = opened else {
+            return;
+        };
+        if let Some(hold) = self
+            .bindings
+            .get_mut(id)
+            .and_then(|b| b.scope.as_mut())
+            .and_then(|s| s.cgroup.as_mut())
+        {
+            hold.strangers.push((pid, identity.start));
+        }
     }
 
     /// Every process in a binding's cgroup now, each held by a handle and
@@ -365,6 +510,7 @@ impl<B: Backend> Daemon<B> {
                 return Vec::new();
             }
         };
+        let strangers = self.cgroup_strangers(id);
         let mut out = Vec::with_capacity(pids.len());
         for pid in pids {
             let Ok(pid) = Pid::try_from(i64::from(pid)) else {
@@ -373,6 +519,9 @@ impl<B: Backend> Daemon<B> {
             let Ok((handle, identity)) = self.watcher.open(pid) else {
                 continue;
             };
+            if strangers.contains(&(pid, identity.start)) {
+                continue;
+            }
             let member = cg::cgroup_of(pid.get()).ok().flatten().as_deref() == Some(&relative);
             let alive = matches!(self.watcher.entry(pid, &handle), Ok(Some(e)) if e.start == identity.start);
             if member && alive {
@@ -389,6 +538,16 @@ impl<B: Backend> Daemon<B> {
             .and_then(|b| b.scope.as_ref())
             .and_then(|s| s.cgroup.as_ref())
             .map(|h| h.dir.clone())
+    }
+
+    /// The strangers a binding's cgroup holds (see [`Hold::strangers`]).
+    fn cgroup_strangers(&self, id: BindingId) -> Vec<(Pid, u64)> {
+        self.bindings
+            .get(id)
+            .and_then(|b| b.scope.as_ref())
+            .and_then(|s| s.cgroup.as_ref())
+            .map(|h| h.strangers.clone())
+            .unwrap_or_default()
     }
 
     /// The cgroups live bindings hold.
@@ -505,7 +664,8 @@ impl<B: Backend> Daemon<B> {
         let grace = binding.spec.grace;
         let deputy_for = binding.deputy_for(admin);
         let has_kill = self.cgroups.place.as_ref().is_ok_and(|p| p.has_kill);
-        if deputy_for.is_none() && has_kill {
+        let strangers = !self.cgroup_strangers(id).is_empty();
+        if deputy_for.is_none() && has_kill && !strangers {
             match cg::kill(&dir) {
                 Ok(()) => info!(
                     "{label}: grace {grace} over; cgroup {} killed",
@@ -624,16 +784,21 @@ impl<B: Backend> Daemon<B> {
     }
 
     /// At start, after the bindings are restored: removes the empty
-    /// `b<id>` cgroups under the root that no binding holds (left by a
+    /// `b<id>` cgroups under the root and its `u<uid>` parents that no
+    /// binding holds (the `u<uid>` parents stay, with any limits an
+    /// administrator set on them) (left by a
     /// crash, or by a configured binding before a restart), and names the
     /// ones that still have processes.
     pub(super) fn cgroup_sweep(&mut self) {
         let Ok(place) = &self.cgroups.place else {
             return;
         };
-        let Ok(found) = cg::children(&place.root) else {
+        let Ok(mut found) = cg::children(&place.root) else {
             return;
         };
+        for user in cg::user_parents(&place.root).unwrap_or_default() {
+            found.extend(cg::children(&user).unwrap_or_default());
+        }
         let held = self.held_cgroups();
         for (_, dir) in found.into_iter().filter(|(_, d)| !held.contains(d)) {
             match cg::populated(&dir) {
@@ -651,10 +816,45 @@ impl<B: Backend> Daemon<B> {
     }
 }
 
-/// The root of the cgroups (or an empty path when there is none).
-fn place_root(cgroups: &Cgroups) -> &Path {
-    cgroups
-        .place
-        .as_ref()
-        .map_or(Path::new(""), |p| p.root.as_path())
+/// `dir` as `/proc/<pid>/cgroup` names it: relative to the mount, with a
+/// leading slash.
+fn relative_to(dir: &Path, mount: &Path) -> Option<String> {
+    dir.strip_prefix(mount)
+        .ok()
+        .map(|r| format!("/{}", r.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stranger_that_reused_the_pid_is_moved_back_or_shunned() {
+        let into = "/tether/b7";
+        // Not in the cgroup: the write hit nobody, or it already left.
+        assert_eq!(
+            after_reuse(Some("/user.slice"), into, Some("/user.slice")),
+            AfterReuse::Nothing
+        );
+        assert_eq!(
+            after_reuse(None, into, Some("/user.slice")),
+            AfterReuse::Nothing
+        );
+        // In it: back to where the pid was read to be before the write.
+        assert_eq!(
+            after_reuse(Some(into), into, Some("/user.slice/session-2.scope")),
+            AfterReuse::MoveBack("/user.slice/session-2.scope")
+        );
+        // In it, and where it was is unknown (or was the cgroup itself):
+        // it stays and is never signalled.
+        assert_eq!(after_reuse(Some(into), into, None), AfterReuse::Shun);
+        assert_eq!(after_reuse(Some(into), into, Some(into)), AfterReuse::Shun);
+        assert_eq!(
+            relative_to(
+                Path::new("/sys/fs/cgroup/tether/b7"),
+                Path::new("/sys/fs/cgroup")
+            ),
+            Some(into.to_string())
+        );
+    }
 }

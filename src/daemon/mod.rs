@@ -370,6 +370,7 @@ impl<B: Backend> Daemon<B> {
         let budget = budget::Budget::new(capacity, config.daemon.max_bindings_per_uid);
         let cgroups = cgroup::Cgroups::start(
             config.daemon.cgroup_root.as_deref(),
+            config.daemon.user_cgroups,
             poll.registry(),
             CGROUP_TOKEN,
         );

@@ -367,6 +367,7 @@ impl<B: Backend> Daemon<B> {
             .metrics
             .set_file(config.daemon.metrics_file.clone());
         self.max_per_uid = config.daemon.max_bindings_per_uid;
+        self.cgroups.users = config.daemon.user_cgroups;
         let capacity = budget::capacity(self.fd_limit, self.watcher.holds_descriptors());
         self.budget
             .set_limits(capacity, config.daemon.max_bindings_per_uid);

@@ -161,6 +161,11 @@ impl<B: Backend> Daemon<B> {
             Some(k) => parse_kill(k).map_err(|e| Refusal::new(Invalid, format!("kill: {e}")))?,
             None => self.defaults.kill,
         };
+        if kill == crate::config::KillMode::Cgroup {
+            self.cgroups
+                .permits(peer.uid)
+                .map_err(|why| Refusal::new(RefusalCode::NotPermitted, why))?;
+        }
         let parent_pid = Pid::try_from(i64::from(req.parent.pid)).map_err(|e| {
             // Pid 1 (or 0) as the parent: the launcher is gone and its
             // child was adopted by init, or the caller named it by mistake.
@@ -432,6 +437,11 @@ impl<B: Backend> Daemon<B> {
                 grace: b.spec.grace.to_string(),
                 kill: b.spec.kill.to_string(),
                 phase: b.phase.as_str().into(),
+                cgroup: b
+                    .scope
+                    .as_ref()
+                    .and_then(|s| s.cgroup.as_ref())
+                    .map(|h| h.dir.display().to_string()),
             })
             .collect();
         out.sort_by_key(|b| b.id);

@@ -30,6 +30,9 @@ pub struct Place {
 /// public id.
 pub const PREFIX: char = 'b';
 
+/// The prefix of the parent of a user's cgroups; the rest is the uid.
+pub const USER_PREFIX: char = 'u';
+
 /// The mount point and root of the first cgroup2 mount in a
 /// `/proc/self/mountinfo` text (the mount point unescaped).
 #[cfg(test)]
@@ -227,6 +230,24 @@ pub fn lock_root(root: &Path) -> Result<RootLock, String> {
         })
 }
 
+/// The `u<uid>` directories directly under `root`: the parents of users'
+/// cgroups.
+pub fn user_parents(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let is_user = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(USER_PREFIX))
+            .is_some_and(|n| n.parse::<u32>().is_ok());
+        if is_user && entry.file_type()?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
 /// `mkdir`, an existing directory being fine.
 pub fn make(dir: &Path) -> io::Result<()> {
     match fs::create_dir(dir) {
@@ -268,6 +289,38 @@ pub fn cgroup_of(pid: i32) -> io::Result<Option<String>> {
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Whether `pid` has no child now, from the `children` file of each of
+/// its threads (`/proc/<pid>/task/<tid>/children`): `Some(true)` when
+/// every one was read empty and the threads were the same before and
+/// after (a thread that exits hands its children to another, maybe one
+/// already read), or the process is gone; `Some(false)` when one names a
+/// child; `None` where the kernel has no such file (it needs
+/// CONFIG_PROC_CHILDREN) or something changed or failed.
+pub fn childless(pid: i32) -> Option<bool> {
+    let threads = |pid: i32| -> io::Result<Vec<std::ffi::OsString>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
+            out.push(entry?.file_name());
+        }
+        out.sort();
+        Ok(out)
+    };
+    let before = match threads(pid) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(true),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Some(true),
+        Err(_) => return None,
+    };
+    let task = Path::new("/proc").join(pid.to_string()).join("task");
+    for tid in &before {
+        let text = fs::read_to_string(task.join(tid).join("children")).ok()?;
+        if !text.trim().is_empty() {
+            return Some(false);
+        }
+    }
+    (threads(pid).ok()? == before).then_some(true)
 }
 
 /// SIGKILLs every process in `dir` and below at once (`cgroup.kill`).
@@ -431,6 +484,32 @@ mod tests {
 25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
 35 25 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 ";
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    #[allow(clippy::unwrap_used)]
+    fn a_process_without_children_is_known_as_such() {
+        if !Path::new("/proc/self/task")
+            .join(std::process::id().to_string())
+            .join("children")
+            .exists()
+        {
+            eprintln!("skipped: no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN)");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert_eq!(childless(pid), Some(true));
+        // The child may hang off any of the test harness's threads.
+        assert_eq!(childless(me), Some(false));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(childless(pid), Some(true));
+    }
 
     #[test]
     fn the_mount_is_found_in_both_layouts() {

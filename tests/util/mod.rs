@@ -671,3 +671,40 @@ pub fn root_and_test_user(why: &str) -> Option<(u32, u32)> {
     }
     test_user()
 }
+
+/// The socket bindings a state file holds: its snapshot's, then the
+/// records of the journals beside it (`LEN CRC JSON` lines: `bound`,
+/// `unbound`) replayed in order.
+pub fn saved_bindings(state: &Path) -> Vec<serde_json::Value> {
+    let snapshot: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    let mut bindings: Vec<serde_json::Value> =
+        snapshot["bindings"].as_array().cloned().unwrap_or_default();
+    let first = snapshot["journal"].as_u64().unwrap_or(0);
+    let mut journals: Vec<(u64, PathBuf)> = std::fs::read_dir(state.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let generation: u64 = name.strip_prefix("state.journal.")?.parse().ok()?;
+            (generation >= first).then(|| (generation, e.path()))
+        })
+        .collect();
+    journals.sort();
+    for (_, path) in journals {
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let Some(Ok(record)) = line
+                .get(18..)
+                .map(serde_json::from_str::<serde_json::Value>)
+            else {
+                continue;
+            };
+            if !record["bound"].is_null() {
+                bindings.push(record["bound"].clone());
+            } else if let Some(id) = record["unbound"].as_u64() {
+                bindings.retain(|b| b["id"].as_u64() != Some(id));
+            }
+        }
+    }
+    bindings
+}

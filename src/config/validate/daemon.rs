@@ -6,11 +6,12 @@ use crate::config::raw::{Table, Value};
 
 use super::problems::{Cx, Problem};
 use super::values::{
-    absolute_path, grace, integer, kill, parse_log_level, parse_poll_interval, signal, string,
+    absolute_path, boolean, grace, integer, kill, parse_log_level, parse_poll_interval, signal,
+    string,
 };
 
 /// Keys of `[daemon]`.
-pub(super) const DAEMON_KEYS: [&str; 9] = [
+pub(super) const DAEMON_KEYS: [&str; 10] = [
     "log",
     "state",
     "socket",
@@ -20,6 +21,7 @@ pub(super) const DAEMON_KEYS: [&str; 9] = [
     "cgroup_root",
     "rule_source",
     "metrics_file",
+    "user_cgroups",
 ];
 
 /// Keys of `[defaults]`.
@@ -61,6 +63,9 @@ pub(super) fn daemon_settings(
         absolute_path(string(value)?, "/sys/fs/cgroup/tether")
     }) {
         settings.cgroup_root = Some(root.into());
+    }
+    if let Some((users, _)) = cx.field(table, "user_cgroups", boolean) {
+        settings.user_cgroups = users;
     }
     if let Some((max, _)) = cx.field(table, "max_bindings_per_uid", max_per_uid) {
         settings.max_bindings_per_uid = max;
@@ -215,7 +220,7 @@ state = "state.json"
             &[
                 "t.toml:2:7: [daemon]: log: expected a string, found an integer",
                 "t.toml:3:9: [daemon]: state: empty path (remove the key to use the default)",
-                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval, cgroup_root, rule_source, metrics_file) (did you mean "log"?)"#,
+                r#"t.toml:4:1: [daemon]: unknown key "logs" (expected one of: log, state, socket, max_bindings_per_uid, backend, poll_interval, cgroup_root, rule_source, metrics_file, user_cgroups) (did you mean "log"?)"#,
             ],
         );
         check(
@@ -242,6 +247,16 @@ state = "state.json"
             &[
                 r#"t.toml:2:17: [daemon]: poll_interval: invalid duration "1 s" (expected e.g. "500ms", "5s", "2m")"#,
             ],
+        );
+        check(
+            "[daemon]\nuser_cgroups = \"true\"\n",
+            &[
+                r#"t.toml:2:16: [daemon]: user_cgroups: expected a boolean, found a string (remove the quotes: true)"#,
+            ],
+        );
+        check(
+            "[daemon]\nuser_cgroups = 1\n",
+            &["t.toml:2:16: [daemon]: user_cgroups: expected a boolean, found an integer"],
         );
         check(
             "[daemon]\nstate = \"/a\\u0000b\"\n",

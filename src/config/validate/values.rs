@@ -168,6 +168,21 @@ pub(super) fn string<'v>(value: &'v Value<'_>) -> Result<&'v str, String> {
     }
 }
 
+/// A boolean value.
+pub(super) fn boolean(value: &Value<'_>) -> Result<bool, String> {
+    match value.get_ref() {
+        DeValue::Boolean(b) => Ok(*b),
+        DeValue::String(s) if matches!(s.trim(), "true" | "false") => Err(format!(
+            "expected a boolean, found a string (remove the quotes: {})",
+            s.trim()
+        )),
+        other => Err(format!(
+            "expected a boolean, found {}",
+            raw::type_name(other)
+        )),
+    }
+}
+
 /// An integer value; `range` words the error when it does not fit in 64
 /// bits.
 pub(super) fn integer(value: &Value<'_>, range: &str) -> Result<i64, String> {
