@@ -10,10 +10,10 @@ use toml::de::DeValue;
 
 use crate::config::model::{BindingSpec, Defaults, Pid, PidSource, PidfileBindingSpec, ProcSpec};
 use crate::config::name::{check_name, quote_name};
-use crate::config::raw::{self, Entry, Table, Value};
+use crate::config::raw::{Entry, Table, Value};
 
 use super::children::children;
-use super::problems::{Cx, Problem};
+use super::problems::{array_of_tables, table_of, Cx, Problem};
 use super::values::{absolute_path, grace, inode, kill, pid, signal, start_time, string};
 
 /// Keys of a `[[binding]]`.
@@ -89,27 +89,8 @@ pub(super) fn bindings(
     pidfile_bindings: &mut Vec<PidfileBindingSpec>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Checked> {
-    let items = match entry.value.get_ref() {
-        DeValue::Array(items) => items,
-        other => {
-            let header = text.get(entry.value.span()).unwrap_or_default();
-            let message = if matches!(other, DeValue::Table(_)) && header.starts_with('[') {
-                "write [[binding]], not [binding] (each binding is one [[binding]] table)"
-                    .to_string()
-            } else {
-                format!(
-                    "expected [[binding]] tables, found {}",
-                    raw::type_name(other)
-                )
-            };
-            problems.push(Problem {
-                span: entry.value.span(),
-                context: None,
-                field: Some("binding"),
-                message,
-            });
-            return Vec::new();
-        }
+    let Some(items) = array_of_tables(entry, "binding", text, problems) else {
+        return Vec::new();
     };
     let mut names = HashMap::new();
     items
@@ -139,18 +120,7 @@ pub(super) fn binding(
     problems: &mut Vec<Problem>,
 ) -> Option<Checked> {
     let index_label = format!("binding {binding_idx}");
-    let DeValue::Table(table) = value.get_ref() else {
-        problems.push(Problem {
-            span: value.span(),
-            context: Some(index_label),
-            field: None,
-            message: format!(
-                "expected a table, found {}",
-                raw::type_name(value.get_ref())
-            ),
-        });
-        return None;
-    };
+    let table = table_of(value, &index_label, problems)?;
     let n_problems = problems.len();
     let name = table
         .get("name")

@@ -4,7 +4,9 @@
 
 use std::ops::Range;
 
-use crate::config::raw::{Table, Value};
+use toml::de::DeValue;
+
+use crate::config::raw::{self, Entry, Table, Value};
 
 /// One error, located by byte offset until the end.
 #[derive(Debug)]
@@ -13,6 +15,56 @@ pub(super) struct Problem {
     pub(super) context: Option<String>,
     pub(super) field: Option<&'static str>,
     pub(super) message: String,
+}
+
+/// The items of an array of tables (`[[binding]]`, `[[rule]]`): `key` is
+/// the table's name; anything else is a problem, with a hint for a
+/// `[key]` written for `[[key]]`.
+pub(super) fn array_of_tables<'a, 'i>(
+    entry: &'a Entry<'_, 'i>,
+    key: &'static str,
+    text: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<&'a [Value<'i>]> {
+    let other = match entry.value.get_ref() {
+        DeValue::Array(items) => return Some(items),
+        other => other,
+    };
+    let header = text.get(entry.value.span()).unwrap_or_default();
+    let message = if matches!(other, DeValue::Table(_)) && header.starts_with('[') {
+        format!("write [[{key}]], not [{key}] (each {key} is one [[{key}]] table)")
+    } else {
+        format!("expected [[{key}]] tables, found {}", raw::type_name(other))
+    };
+    problems.push(Problem {
+        span: entry.value.span(),
+        context: None,
+        field: Some(key),
+        message,
+    });
+    None
+}
+
+/// The table `value` is, for an item labelled `label` (`binding 2`);
+/// anything else is a problem.
+pub(super) fn table_of<'a, 'i>(
+    value: &'a Value<'i>,
+    label: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<&'a Table<'i>> {
+    if let DeValue::Table(table) = value.get_ref() {
+        return Some(table);
+    }
+    problems.push(Problem {
+        span: value.span(),
+        context: Some(label.to_owned()),
+        field: None,
+        message: format!(
+            "expected a table, found {}",
+            raw::type_name(value.get_ref())
+        ),
+    });
+    None
 }
 
 /// Where problems go, and the context (`binding 2`, `[defaults]`) they get.

@@ -13,13 +13,11 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use toml::de::DeValue;
-
-use super::problems::{position, Cx, Problem};
+use super::problems::{array_of_tables, position, table_of, Cx, Problem};
 use super::values::{absolute_path, grace, kill, signal, string};
 use crate::config::model::{BackendKind, Defaults, Grace, KillMode, Signal};
 use crate::config::name::{check_name, quote_name};
-use crate::config::raw::{self, Entry, Value};
+use crate::config::raw::{Entry, Value};
 
 /// Keys of a `[[rule]]`.
 pub(super) const RULE_KEYS: [&str; 7] = [
@@ -195,23 +193,8 @@ pub(super) fn rules(
     backends: &[BackendKind],
     problems: &mut Vec<Problem>,
 ) -> Vec<RuleSpec> {
-    let items = match entry.value.get_ref() {
-        DeValue::Array(items) => items,
-        other => {
-            let header = text.get(entry.value.span()).unwrap_or_default();
-            let message = if matches!(other, DeValue::Table(_)) && header.starts_with('[') {
-                "write [[rule]], not [rule] (each rule is one [[rule]] table)".to_string()
-            } else {
-                format!("expected [[rule]] tables, found {}", raw::type_name(other))
-            };
-            problems.push(Problem {
-                span: entry.value.span(),
-                context: None,
-                field: Some("rule"),
-                message,
-            });
-            return Vec::new();
-        }
+    let Some(items) = array_of_tables(entry, "rule", text, problems) else {
+        return Vec::new();
     };
     let linux = backends.iter().any(|b| {
         matches!(
@@ -249,18 +232,7 @@ fn rule(
     problems: &mut Vec<Problem>,
 ) -> Option<RuleSpec> {
     let index_label = format!("rule {idx}");
-    let DeValue::Table(table) = value.get_ref() else {
-        problems.push(Problem {
-            span: value.span(),
-            context: Some(index_label),
-            field: None,
-            message: format!(
-                "expected a table, found {}",
-                raw::type_name(value.get_ref())
-            ),
-        });
-        return None;
-    };
+    let table = table_of(value, &index_label, problems)?;
     let n_problems = problems.len();
     let mut cx = Cx {
         context: index_label,
