@@ -403,9 +403,13 @@ pub struct EventBinding {
     /// Its name, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Where it came from: "config" or "socket".
+    /// Where it came from: "config", "socket" or "rule".
     pub origin: String,
-    /// The uid that made it (the daemon's own for the configuration).
+    /// The rule that made it (origin "rule" only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The uid that made it (the daemon's own for the configuration, the
+    /// launcher's for a rule binding).
     pub uid: u32,
     /// How tetherd's log names it.
     pub label: String,

@@ -581,3 +581,165 @@ fn a_rule_with_kill_cgroup_holds_a_double_forked_escaper() {
         "captive {captive} or the escaper {escaper} still runs"
     );
 }
+
+/// A rule binding is in the state file: tetherd SIGKILLed and started
+/// again restores it (still listed with its rule), and the launcher's
+/// SIGKILL after the restart gets the captive the rule's signal.
+#[test]
+fn a_rule_binding_survives_a_restart_of_tetherd() {
+    if !needs_root() {
+        return;
+    }
+    become_subreaper();
+    let programs = Programs::new();
+    let mut daemon = TestDaemon::start(&programs.rule(""));
+    let (mut launcher, captive) = programs.launch(&programs.launcher, "captive.pid");
+    daemon.wait_log(&format!(
+        "pid {captive} bound to its launcher {}",
+        launcher.pid()
+    ));
+    // The exec was allowed: its binding is on disk.
+    let runs = wait_until(TIMEOUT, || {
+        exe(captive) == programs.captive.display().to_string()
+    });
+    assert!(runs, "captive {captive} never ran its program");
+    daemon.stop_with(Signal::SIGKILL);
+    daemon.spawn(None);
+    let (_, list, _) = daemon.ctl(&["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains(&format!("sleepers:{captive}")) && l.contains("rule:sleepers")),
+        "the rule binding was not restored:\n{list}\nlog:\n{}",
+        daemon.log_text()
+    );
+    launcher.kill9();
+    assert_eq!(
+        reap(captive, TIMEOUT),
+        Some(Signal::SIGHUP as i32),
+        "captive {captive} did not get SIGHUP after the restart; log:\n{}",
+        daemon.log_text()
+    );
+}
+
+/// The launcher dies while tetherd is down: the restored rule binding
+/// finds it gone at start and signals the captive at once.
+#[test]
+fn a_rule_bindings_launcher_dead_while_tetherd_was_down_is_acted_on_at_start() {
+    if !needs_root() {
+        return;
+    }
+    become_subreaper();
+    let programs = Programs::new();
+    let mut daemon = TestDaemon::start(&programs.rule(""));
+    let (mut launcher, captive) = programs.launch(&programs.launcher, "captive.pid");
+    daemon.wait_log(&format!(
+        "pid {captive} bound to its launcher {}",
+        launcher.pid()
+    ));
+    // The exec was allowed: its binding is on disk.
+    let runs = wait_until(TIMEOUT, || {
+        exe(captive) == programs.captive.display().to_string()
+    });
+    assert!(runs, "captive {captive} never ran its program");
+    daemon.stop_with(Signal::SIGKILL);
+    launcher.kill9();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!ended(captive), "captive {captive} ended with tetherd down");
+    daemon.spawn(None);
+    assert_eq!(
+        reap(captive, TIMEOUT),
+        Some(Signal::SIGHUP as i32),
+        "captive {captive} did not get SIGHUP at start; log:\n{}",
+        daemon.log_text()
+    );
+}
+
+/// A rule binding's life shows in `events`: bound, parent exited,
+/// signalled, each naming the binding with origin "rule", the rule and
+/// the launcher's uid.
+#[test]
+fn a_rule_bindings_life_shows_in_events_with_its_rule() {
+    if !needs_root() {
+        return;
+    }
+    become_subreaper();
+    let programs = Programs::new();
+    let daemon = TestDaemon::start(&programs.rule(""));
+    let (mut launcher, captive) = programs.launch(&programs.launcher, "captive.pid");
+    daemon.wait_log(&format!("pid {captive} bound to its launcher"));
+    launcher.kill9();
+    assert_eq!(reap(captive, TIMEOUT), Some(Signal::SIGHUP as i32));
+    let name = format!("sleepers:{captive}");
+    let mut ours: Vec<serde_json::Value> = Vec::new();
+    let complete = wait_until(TIMEOUT, || {
+        let (code, out, _) = daemon.ctl(&["events", "--json"]);
+        assert_eq!(code, 0);
+        ours = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["binding"]["name"] == name.as_str())
+            .collect();
+        ["bound", "parent_exited", "signalled"]
+            .iter()
+            .all(|kind| ours.iter().any(|e| e["kind"] == *kind))
+    });
+    assert!(complete, "events of {name}: {ours:#?}");
+    for event in &ours {
+        assert_eq!(event["binding"]["origin"], "rule", "{event}");
+        assert_eq!(event["binding"]["rule"], "sleepers", "{event}");
+        assert_eq!(event["binding"]["uid"], 0, "{event}");
+    }
+    let signalled = ours.iter().find(|e| e["kind"] == "signalled").unwrap();
+    assert_eq!(signalled["pid"], captive, "{signalled}");
+    assert_eq!(signalled["signal"], "SIGHUP", "{signalled}");
+}
+
+/// `rule_source = "auto"` in a tetherd without CAP_SYS_ADMIN (no
+/// fanotify): the process connector is chosen, `status` says so, and a
+/// ruled exec is still bound (after the fact).
+#[test]
+fn without_cap_sys_admin_auto_falls_back_to_the_connector() {
+    if !needs_root() {
+        return;
+    }
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return;
+    };
+    become_subreaper();
+    let programs = Programs::new();
+    let mut daemon = TestDaemon::start_stopped(&format!(
+        "[daemon]\nrule_source = \"auto\"\n{}",
+        programs.rule("")
+    ));
+    daemon.spawn_under(
+        None,
+        &[
+            setpriv,
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+            "--",
+        ],
+    );
+    let (_, status, _) = daemon.ctl(&["status"]);
+    assert!(
+        status.contains("rule source:  connector"),
+        "{status}\nlog:\n{}",
+        daemon.log_text()
+    );
+    let (mut launcher, captive) = programs.launch(&programs.launcher, "captive.pid");
+    daemon.wait_log(&format!(
+        "pid {captive} bound to its launcher {} by rule \"sleepers\" after its exec",
+        launcher.pid()
+    ));
+    launcher.kill9();
+    assert_eq!(
+        reap(captive, TIMEOUT),
+        Some(Signal::SIGHUP as i32),
+        "log:\n{}",
+        daemon.log_text()
+    );
+}

@@ -458,10 +458,10 @@ impl<B: Backend> Daemon<B> {
         {
             self.by_number.remove(&binding.number);
         }
-        // A socket binding that is done or removed need not be on disk at
-        // once: if the daemon dies first, it is restored and found done
-        // again. An unbind, which is acknowledged, asks for durability.
-        if matches!(binding.origin, Origin::Socket { .. }) {
+        // A socket or rule binding that is done or removed need not be on
+        // disk at once: if the daemon dies first, it is restored and found
+        // done again. An unbind, which is acknowledged, asks for durability.
+        if matches!(binding.origin, Origin::Socket { .. } | Origin::Rule { .. }) {
             self.state_dirty.binding(binding.number, Dirty::Lazy);
         }
     }

@@ -177,7 +177,7 @@ impl<B: Backend> Daemon<B> {
             self.remove(id, "registration failed");
             return Err(why);
         }
-        if let Origin::Socket { .. } = origin {
+        if let Origin::Socket { .. } | Origin::Rule { .. } = origin {
             self.by_number.insert(number, id);
             self.state_dirty.binding(number, Dirty::Durable);
         }

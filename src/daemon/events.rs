@@ -143,6 +143,9 @@ impl Event {
                 id: s.number,
                 name: s.spec.name.clone(),
                 origin: origin_name(s.origin).into(),
+                rule: matches!(s.origin, Origin::Rule { .. })
+                    .then(|| super::persist::rule_of(&s.spec))
+                    .flatten(),
                 uid: match s.origin {
                     Origin::Socket { uid } | Origin::Rule { uid, .. } => uid,
                     Origin::Config => nix::unistd::geteuid().as_raw(),

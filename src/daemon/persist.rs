@@ -13,25 +13,29 @@ impl<B: Backend> Daemon<B> {
         self.state_dirty.mark(Dirty::Durable);
     }
 
-    /// Restores the socket bindings of the state file. Their processes are
-    /// pinned, so a parent that exited while the daemon was down is found
-    /// gone (and the binding acts at once), and a child whose pid now
-    /// belongs to another process is dropped unsignalled.
+    /// Restores the socket and rule bindings of the state file. Their
+    /// processes are pinned, so a parent that exited while the daemon was
+    /// down is found gone (and the binding acts at once), and a child whose
+    /// pid now belongs to another process is dropped unsignalled. A rule
+    /// binding keeps its origin (its launcher's uid, its rule's name) even
+    /// if the rule left the configuration meanwhile: it stays until done,
+    /// as across a reload.
     pub(super) fn restore(&mut self, saved: Vec<SavedBinding>) {
         let n_saved = saved.len();
         for binding in saved {
             self.next_number = self.next_number.max(binding.id.saturating_add(1));
             if binding.boot_id != self.state.boot_id() {
                 info!(
-                    "socket binding #{} (uid {}) dropped: made in an earlier boot, its processes are gone",
-                    binding.id, binding.uid
+                    "{} binding #{} (uid {}) dropped: made in an earlier boot, its processes are gone",
+                    binding.origin.as_deref().unwrap_or("socket"),
+                    binding.id,
+                    binding.uid
                 );
                 self.state_dirty.mark(Dirty::Lazy);
                 continue;
             }
-            match saved_spec(&binding) {
-                Ok(spec) => {
-                    let origin = Origin::Socket { uid: binding.uid };
+            match saved_spec(&binding).and_then(|spec| Ok((saved_origin(&binding)?, spec))) {
+                Ok((origin, spec)) => {
                     let number = binding.id;
                     if self
                         .add_numbered(Rc::new(spec), origin, number, None)
@@ -41,17 +45,14 @@ impl<B: Backend> Daemon<B> {
                     }
                 }
                 Err(why) => {
-                    warn!(
-                        "socket binding #{} in the state file dropped: {why}",
-                        binding.id
-                    );
+                    warn!("binding #{} in the state file dropped: {why}", binding.id);
                     self.state_dirty.mark(Dirty::Lazy);
                 }
             }
         }
         if n_saved > 0 {
             info!(
-                "restored {n_saved} socket bindings from {}",
+                "restored {n_saved} socket and rule bindings from {}",
                 self.state.path().display()
             );
         }
@@ -148,11 +149,13 @@ impl<B: Backend> Daemon<B> {
             .collect()
     }
 
-    /// A socket binding as the state file keeps it; `None` for a
+    /// A socket or rule binding as the state file keeps it; `None` for a
     /// configured binding or one that is done.
     fn saved_binding(&self, binding: &Binding<B::Handle>) -> Option<SavedBinding> {
-        let Origin::Socket { uid } = binding.origin else {
-            return None;
+        let (uid, origin, rule) = match binding.origin {
+            Origin::Socket { uid } => (uid, None, None),
+            Origin::Rule { uid } => (uid, Some("rule".to_string()), rule_of(&binding.spec)),
+            Origin::Config => return None,
         };
         if binding.phase == Phase::Done {
             return None;
@@ -168,6 +171,8 @@ impl<B: Backend> Daemon<B> {
         Some(SavedBinding {
             id: binding.number,
             uid,
+            origin,
+            rule,
             name: spec.name.clone(),
             boot_id: self.state.boot_id().to_owned(),
             parent: saved_proc(&spec.parent),
@@ -192,7 +197,38 @@ pub(super) fn saved_proc(spec: &ProcSpec) -> SavedProc {
     }
 }
 
-/// Rebuilds the spec of a socket binding from the state file.
+/// The name of the rule that made a rule binding (`RULE:PID`).
+pub(super) fn rule_of(spec: &BindingSpec) -> Option<String> {
+    spec.name
+        .as_deref()
+        .and_then(|n| n.rsplit_once(':'))
+        .map(|(rule, _)| rule.to_string())
+}
+
+/// The origin of a saved binding: a socket binding's, or a rule's whose
+/// name and rule agree (`RULE:PID`, the captive's pid).
+pub(super) fn saved_origin(saved: &SavedBinding) -> Result<Origin, String> {
+    match saved.origin.as_deref() {
+        None | Some("socket") => Ok(Origin::Socket { uid: saved.uid }),
+        Some("rule") => {
+            let rule = saved.rule.as_deref().unwrap_or_default();
+            let captive = saved.children.first().map(|c| c.pid);
+            let expected = captive.map(|pid| format!("{rule}:{pid}"));
+            if rule.is_empty() || saved.children.len() != 1 || saved.name != expected {
+                return Err(format!(
+                    "a rule binding must name its rule and one captive, as RULE:PID (rule {:?}, name {:?}, {} children)",
+                    saved.rule,
+                    saved.name,
+                    saved.children.len()
+                ));
+            }
+            Ok(Origin::Rule { uid: saved.uid })
+        }
+        Some(other) => Err(format!("unknown origin {other:?}")),
+    }
+}
+
+/// Rebuilds the spec of a socket or rule binding from the state file.
 pub(super) fn saved_spec(saved: &SavedBinding) -> Result<BindingSpec, String> {
     let proc = |p: &SavedProc| -> Result<ProcSpec, String> {
         Ok(ProcSpec {

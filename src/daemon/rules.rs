@@ -14,9 +14,17 @@
 //! then every exec read is allowed, on every path, errors included. A
 //! process that cannot be proven runs unbound and the log says why.
 //!
+//! The answers go out at the end of the loop iteration, after the commit
+//! wrote the bindings made to the state file (one write and one fdatasync
+//! a turn, shared with the socket's binds): the captive's first
+//! instruction runs with its binding durable. A write that fails is
+//! logged and the execs are allowed anyway (never denied); the write is
+//! retried at the next turn.
+//!
 //! Rule bindings are named `RULE:PID`, listed with their rule, counted per
-//! rule in `status`, and forgotten when done (they are not in the state
-//! file: a restarted tetherd does not know the ones made before).
+//! rule in `status`, kept in the state file like socket bindings (with
+//! their origin and rule, the launcher's uid as theirs) until done, and
+//! restored at start with the same re-verification.
 
 use super::*;
 
@@ -47,6 +55,16 @@ impl Rules {
     /// Whether execs may be left for the next turn of the loop.
     pub(super) fn has_more(&self) -> bool {
         self.more && self.watch.is_some()
+    }
+
+    /// Allows every exec read and not yet answered. Called by the commit
+    /// after the state file's write (one fdatasync a turn, shared with the
+    /// socket's binds), so a captive's first instruction runs with its
+    /// binding on disk: a tetherd that crashes then restores it.
+    pub(super) fn allow_execs(&mut self) {
+        if let Some(watch) = self.watch.as_mut() {
+            watch.allow_pending();
+        }
     }
 
     /// The source in use (`fanotify`, `connector`), `none (why)` when rules
@@ -240,8 +258,10 @@ impl<B: Backend> Daemon<B> {
         }
     }
 
-    /// The exec source is readable: handle every exec, then allow them
-    /// all (whatever happened: nothing is ever denied).
+    /// The exec source is readable: handle every exec. They are allowed
+    /// (whatever happened: nothing is ever denied) by the commit that ends
+    /// this iteration, once the bindings made are durable
+    /// ([`Rules::allow_execs`]).
     pub(super) fn rules_event(&mut self) {
         let Some(watch) = self.rules.watch.as_mut() else {
             return;
@@ -250,9 +270,6 @@ impl<B: Backend> Daemon<B> {
         self.rules.more = more;
         for exec in execs {
             self.rule_exec(exec);
-        }
-        if let Some(watch) = self.rules.watch.as_mut() {
-            watch.allow_pending();
         }
     }
 

@@ -357,13 +357,15 @@ impl<B: Backend> Daemon<B> {
         });
     }
 
-    /// Ends an iteration: writes the state file, then sends the answers.
+    /// Ends an iteration: writes the state file, then sends the answers
+    /// and allows the execs the rules read (their bindings now durable).
     /// A bind whose binding could not be written is undone and refused.
     pub(super) fn commit(&mut self) {
         let saved = self.save_state();
         if let Err(err) = &saved {
             log::error!("{err}; unacknowledged binds are refused and the write is retried");
         }
+        self.rules.allow_execs();
         let replies = std::mem::take(&mut self.replies);
         let mut touched = Vec::new();
         for reply in replies {

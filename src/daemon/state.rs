@@ -433,7 +433,7 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 enum BindingRecord {
-    Bound(SavedBinding),
+    Bound(Box<SavedBinding>),
     Unbound(u64),
     NextId(u64),
 }
@@ -475,7 +475,7 @@ impl Log for BindingsLog {
         match serde_json::from_slice(record).map_err(|e| e.to_string())? {
             BindingRecord::Bound(binding) => {
                 value.next_id = value.next_id.max(binding.id.saturating_add(1));
-                value.bindings.insert(binding.id, binding);
+                value.bindings.insert(binding.id, *binding);
             }
             BindingRecord::Unbound(id) => {
                 value.bindings.remove(&id);
@@ -533,14 +533,30 @@ impl Log for PinsLog {
     }
 }
 
-/// A socket binding as the state file keeps it.
+/// A socket or rule binding as the state file keeps it.
+///
+/// Fields added later are optional and left out when they hold their
+/// default, so a file that holds none of what they describe is the same
+/// as before they existed (no new format version): `origin` and `rule`
+/// appear only in the records of rule bindings. An older tetherd takes a
+/// journal record holding them for a corrupt tail (it restores the
+/// records before it) and a snapshot holding them for a corrupt file
+/// (set aside): going back to it drops the rule bindings held, at least.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedBinding {
     /// Its id.
     pub id: u64,
-    /// The uid that made it.
+    /// The uid that made it; for a rule binding, its launcher's uid (0
+    /// when the launcher ran as root).
     pub uid: u32,
+    /// Who made it: absent for a socket binding, `"rule"` for one a rule
+    /// made when its captive started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// The name of the rule that made it (rule bindings only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     /// Its label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -754,7 +770,7 @@ impl StateFile {
         for binding in bound {
             push(
                 &mut self.bindings_log,
-                &BindingRecord::Bound(binding.clone()),
+                &BindingRecord::Bound(Box::new(binding.clone())),
             )?;
             next = next.max(binding.id.saturating_add(1));
             self.written.insert(binding.id);
@@ -1154,6 +1170,8 @@ mod tests {
         let saved = SavedBinding {
             id: 7,
             uid: 1000,
+            origin: None,
+            rule: None,
             name: Some("qemu".into()),
             boot_id: "boot-a".into(),
             parent: SavedProc {
@@ -1416,6 +1434,8 @@ mod journal_tests {
         SavedBinding {
             id,
             uid: 0,
+            origin: None,
+            rule: None,
             name: None,
             boot_id: "b".into(),
             parent: SavedProc {
@@ -1560,6 +1580,27 @@ mod journal_tests {
         assert_eq!(snapshot["version"], 2);
         let loaded = StateFile::new(path, "b".into()).load();
         assert_eq!(loaded.bindings, vec![binding(4), binding(5)]);
+    }
+
+    #[test]
+    fn a_rule_binding_keeps_its_origin_and_rule_and_a_socket_record_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut file = StateFile::new(path.clone(), "b".into());
+        let _ = file.load();
+        file.save_bindings(vec![binding(1)], 2).unwrap();
+        let mut ruled = binding(2);
+        ruled.origin = Some("rule".into());
+        ruled.rule = Some("sleepers".into());
+        ruled.name = Some("sleepers:11".into());
+        file.append_bindings(&[ruled.clone()], &[], 3, true)
+            .unwrap();
+        // A socket binding's record has no field it did not have before.
+        let socket = serde_json::to_value(binding(1)).unwrap();
+        assert!(socket.get("origin").is_none() && socket.get("rule").is_none());
+        let loaded = StateFile::new(path, "b".into()).load();
+        assert!(loaded.warning.is_none());
+        assert_eq!(loaded.bindings, vec![binding(1), ruled]);
     }
 
     #[test]

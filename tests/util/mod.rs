@@ -360,6 +360,12 @@ impl TestDaemon {
     /// Starts tetherd (again) on the same files; `nofile` sets its
     /// descriptor limit (soft and hard).
     pub fn spawn(&mut self, nofile: Option<u64>) {
+        self.spawn_under(nofile, &[]);
+    }
+
+    /// Like [`TestDaemon::spawn`], tetherd run by `wrapper` (a command
+    /// and its arguments that execs the rest, such as `setpriv ... --`).
+    pub fn spawn_under(&mut self, nofile: Option<u64>, wrapper: &[&str]) {
         assert!(self.child.is_none(), "daemon already running");
         let n_ready = self.count("ready:");
         let log = fs::OpenOptions::new()
@@ -367,7 +373,14 @@ impl TestDaemon {
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let mut cmd = Command::new(TETHERD);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(TETHERD);
+                cmd
+            }
+            None => Command::new(TETHERD),
+        };
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--state")
