@@ -27,6 +27,7 @@ mod journal;
 mod metrics;
 mod persist;
 pub mod pidfile;
+mod pins;
 mod reload;
 mod requests;
 mod rules;
@@ -63,8 +64,9 @@ use acting::Outcome;
 use arming::{special_process, Proven};
 use control::{Conn, ControlSocket};
 use persist::Dirty;
+use pins::{EntryKey, Pin};
 use reload::{Load, LoadKind, QueuedReload, Reading, READING_TICK};
-use state::{EntryKey, Pin, SavedBinding, SavedProc};
+use state::{SavedBinding, SavedProc};
 
 /// The token of the daemon's own signals.
 const SIGNAL_TOKEN: Token = Token(RESERVED_TOKENS);
@@ -273,7 +275,7 @@ pub struct Daemon<B: Backend> {
     /// than the binding's signal) because the child's identity could not
     /// be read, earliest first.
     retries: BinaryHeap<Reverse<(Instant, BindingId, usize, bool)>>,
-    pins: state::Pins,
+    pins: pins::Pins,
     /// The configuration entry of each binding made from a pidfile entry
     /// (the entry of any other configured binding is its spec's).
     pidfile_entries: HashMap<BindingId, EntryKey>,
