@@ -29,11 +29,7 @@ fn named_sleep(dir: &Path) -> PathBuf {
 
 /// Runs `program 1000`.
 fn spawn(program: &Path) -> Proc {
-    let child = Command::new(program)
-        .arg("1000")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn the named sleep");
+    let child = crate::util::spawn_copied(Command::new(program).arg("1000").stdin(Stdio::null()));
     let proc = Proc::from_child(child);
     let pid = proc.pid();
     assert!(

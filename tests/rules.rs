@@ -54,14 +54,14 @@ impl Programs {
     /// Runs `shell -c script` (the launcher copy, or another shell), with
     /// `$D` the programs' directory.
     fn run(&self, shell: &Path, script: &str) -> Proc {
-        let child = Command::new(shell)
-            .arg("-c")
-            .arg(script)
-            .env("D", self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn launcher");
+        let child = crate::util::spawn_copied(
+            Command::new(shell)
+                .arg("-c")
+                .arg(script)
+                .env("D", self.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null()),
+        );
         Proc::from_child(child)
     }
 

@@ -721,3 +721,19 @@ pub fn saved_bindings(state: &Path) -> Vec<serde_json::Value> {
     }
     bindings
 }
+
+/// Spawns `command`, trying again while its executable is busy: a copy
+/// this process just wrote may still be open for writing in a child that
+/// another test's thread forked in the meantime (until that child execs and
+/// its close-on-exec descriptors go), and exec then fails with ETXTBSY.
+pub fn spawn_copied(command: &mut Command) -> std::process::Child {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match command.spawn() {
+            Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.expect("spawn a copied executable"),
+        }
+    }
+}
